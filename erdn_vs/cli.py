@@ -1,0 +1,41 @@
+"""The ``erdn`` command: a thin dispatcher.
+
+Each subcommand lives with the package that owns it and is imported only when run,
+so ``erdn worker status`` never pays for torch and ``erdn train`` never for VapourSynth.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module, one-line help). Each module has ``main(argv: list[str]) -> int``.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "worker": ("worker.cli", "run the persistent model worker, or query it (status, stop)"),
+    "export": ("worker.export", "export weights as ONNX graphs (stage 1, stage 2, whole window)"),
+    "convert": ("worker.convert", "convert an official ERDN checkpoint to erdn-vs weights"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: erdn COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:10s} {doc}" for name, (_, doc) in SUBCOMMANDS.items()]
+    lines += ["", "Run `erdn COMMAND --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"erdn: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

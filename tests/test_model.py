@@ -1,0 +1,159 @@
+"""The ERDN network: sizes, shapes, the stage API, padding, and weights files."""
+
+import json
+
+import pytest
+import torch
+
+from worker.model import (
+    PRESETS,
+    STRIDE,
+    build_model,
+    crop,
+    load_model,
+    pad_to_stride,
+    save_model,
+)
+from worker.model.weights import WeightsError, read_metadata
+
+# The official code registers two 64->64 3x3 convs (conv_l4_c_1/2) that its forward never
+# calls, and the two fixed gradient kernels as parameters: 2 * 36,928 + 18 per stage.
+OFFICIAL_DEAD_PARAMS_PER_STAGE = 2 * (64 * 64 * 9 + 64) + 18
+
+
+def n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_paper_preset_matches_official_parameter_count():
+    model = build_model("paper", frames=5)
+    per_stage = n_params(model.stage1)
+    assert n_params(model.stage2) == per_stage
+    official_per_stage = per_stage + OFFICIAL_DEAD_PARAMS_PER_STAGE
+    # 23,097,878 counted by the official ERDN module (TencentCloud/ERDN) per stage.
+    assert round(official_per_stage / 1e6, 1) == 23.1
+    assert round(2 * official_per_stage / 1e6, 1) == 46.2
+    assert per_stage == 23_024_004
+
+
+def test_frames3_has_one_stage():
+    model = build_model("tiny", frames=3)
+    assert model.stage2 is None
+    assert n_params(model) == n_params(model.stage1)
+
+
+@pytest.mark.parametrize("frames", [3, 5])
+def test_forward_shape_and_any_size(frames):
+    torch.manual_seed(0)
+    model = build_model("tiny", frames=frames).eval()
+    x = torch.rand(2, frames, 3, 37, 50)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (2, 3, 37, 50)
+    assert torch.isfinite(y).all()
+
+
+def test_cascade_equals_stages_called_by_hand():
+    torch.manual_seed(1)
+    model = build_model("tiny", frames=5).eval()
+    x = torch.rand(1, 5, 3, 32, 40)
+    with torch.no_grad():
+        full = model.cascade(x)
+        s1 = [model.run_stage1(x[:, i : i + 3]) for i in range(3)]
+        s2 = model.run_stage2(torch.stack([s.out for s in s1], dim=1))
+    torch.testing.assert_close(full.out, s2.out, atol=1e-5, rtol=0)
+    for a, b in zip(full.stages[:3], s1, strict=True):
+        torch.testing.assert_close(a.out, b.out, atol=1e-5, rtol=0)
+        assert a.aligned.shape == (1, 3, 3, 32, 40)
+        assert a.grad.shape == (1, 3, 32, 40)
+    assert len(full.stages) == 4
+
+
+def test_batch_items_are_independent():
+    torch.manual_seed(2)
+    model = build_model("tiny", frames=5).eval()
+    x = torch.rand(3, 5, 3, 24, 24)
+    with torch.no_grad():
+        together = model(x)
+        alone = model(x[1:2])
+    torch.testing.assert_close(together[1:2], alone, atol=1e-5, rtol=0)
+
+
+def test_stage_rejects_sizes_off_the_stride():
+    model = build_model("tiny", frames=5)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        model.run_stage1(torch.rand(1, 3, 3, 30, 32))
+    with pytest.raises(ValueError, match=r"\(B, 5, 3, H, W\)"):
+        model.cascade(torch.rand(1, 3, 3, 32, 32))
+
+
+def test_pad_to_stride_round_trip():
+    x = torch.rand(2, 5, 3, 21, 34)
+    padded, hw = pad_to_stride(x)
+    assert padded.shape[-2:] == (24, 40)
+    assert padded.shape[-2] % STRIDE == 0 and padded.shape[-1] % STRIDE == 0
+    torch.testing.assert_close(crop(padded, hw), x)
+    # reflect padding: row 21 mirrors row 19
+    torch.testing.assert_close(padded[..., 21, :34], x[..., 19, :])
+    same, _ = pad_to_stride(torch.rand(1, 3, 16, 16))
+    assert same.shape == (1, 3, 16, 16)
+
+
+def test_tiny_preset_is_fast():
+    import time
+
+    torch.set_num_threads(1)
+    try:
+        model = build_model("tiny", frames=5).eval()
+        x = torch.rand(1, 5, 3, 64, 64)
+        with torch.no_grad():
+            model(x)
+            t = time.perf_counter()
+            model(x)
+            elapsed = time.perf_counter() - t
+    finally:
+        torch.set_num_threads(torch.get_num_threads())
+    assert elapsed < 1.0, elapsed
+
+
+def test_lite_has_far_fewer_parameters_than_paper():
+    assert n_params(build_model("lite")) * 10 < n_params(build_model("paper"))
+    assert set(PRESETS) >= {"paper", "lite", "tiny"}
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(3)
+    model = build_model("tiny", frames=5).eval()
+    path = save_model(model, tmp_path / "w.safetensors", data="unit-test", iterations=7)
+    loaded = load_model(path)
+    assert loaded.frames == 5 and loaded.preset == "tiny"
+    assert loaded.metadata == {"data": "unit-test", "iterations": 7}
+    x = torch.rand(1, 5, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), loaded(x), atol=0, rtol=0)
+    meta = read_metadata(path)
+    assert meta["config"] == PRESETS["tiny"]
+
+
+def test_load_rejects_bad_files(tmp_path):
+    missing = tmp_path / "nope.safetensors"
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_model(missing)
+    pickle_like = tmp_path / "official.pth"
+    pickle_like.write_bytes(b"\x80\x04\x95not a safetensors file")
+    with pytest.raises(WeightsError, match="erdn convert"):
+        load_model(pickle_like)
+    good = save_model(build_model("tiny", frames=3), tmp_path / "ok.safetensors")
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[:-100])
+    with pytest.raises(WeightsError):
+        load_model(truncated)
+
+
+def test_load_rejects_foreign_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "foreign.safetensors"
+    save_file({"x": torch.zeros(2)}, str(path), metadata={"something": json.dumps(1)})
+    with pytest.raises(WeightsError, match="not ERDN weights"):
+        load_model(path)

@@ -1,0 +1,78 @@
+"""Small building blocks shared by the ERDN modules."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class ResBlock(nn.Module):
+    """conv-ReLU-conv plus identity (the encoder-decoders' block)."""
+
+    def __init__(self, channels: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        pad = kernel_size // 2
+        self.conv1 = nn.Conv2d(channels, channels, kernel_size, padding=pad)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size, padding=pad)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(F.relu(self.conv1(x)))
+
+
+class ScaledResBlock(nn.Module):
+    """The alignment module's residual block: small (x0.1 Kaiming) initial weights."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        for conv in (self.conv1, self.conv2):
+            nn.init.kaiming_normal_(conv.weight)
+            with torch.no_grad():
+                conv.weight.mul_(0.1)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(F.relu(self.conv1(x)))
+
+
+def conv_relu(in_ch: int, out_ch: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel_size, stride, kernel_size // 2), nn.ReLU(inplace=True))
+
+
+def up_relu(in_ch: int, out_ch: int) -> nn.Sequential:
+    """x2 transposed convolution (3x3, output_padding 1) and ReLU."""
+    return nn.Sequential(nn.ConvTranspose2d(in_ch, out_ch, 3, 2, 1, output_padding=1), nn.ReLU(inplace=True))
+
+
+class GradientMap(nn.Module):
+    """Per-channel gradient magnitude sqrt(dx^2 + dy^2 + 1e-6) with central differences (Eq. 6)."""
+
+    def __init__(self, channels: int = 3) -> None:
+        super().__init__()
+        kernel = torch.zeros(2, 1, 3, 3)
+        kernel[0, 0, 2, 1], kernel[0, 0, 0, 1] = 1.0, -1.0  # vertical
+        kernel[1, 0, 1, 2], kernel[1, 0, 1, 0] = 1.0, -1.0  # horizontal
+        self.channels = channels
+        self.register_buffer("kernel", kernel.repeat(channels, 1, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        d = F.conv2d(x, self.kernel.to(x.dtype), padding=1, groups=self.channels)
+        d = d.view(x.shape[0], self.channels, 2, x.shape[2], x.shape[3])
+        return torch.sqrt((d * d).sum(dim=2) + 1e-6)
+
+
+def luckiness(frames: Tensor, delta: float = 0.5, kernel_size: int = 5) -> Tensor:
+    """Sharpness mask of the official code: exp(-||mean5(f_i) - mean5(f_c)|| / delta).
+
+    ``frames`` is (B, T, C, H, W); returns (B, 1, H, W) in (0, 1]. No gradient flows
+    through it, as in the official code.
+    """
+    b, t, c, h, w = frames.shape
+    blurred = F.avg_pool2d(
+        frames.detach().reshape(b * t, c, h, w), kernel_size, 1, kernel_size // 2, count_include_pad=True
+    ).view(b, t, c, h, w)
+    diff = blurred - blurred[:, t // 2 : t // 2 + 1]
+    dist = torch.sqrt((diff * diff).sum(dim=(1, 2)).unsqueeze(1) / (delta * delta))
+    return torch.exp(-dist)
