@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[all,test]'
+	@# vspipe finds its Python through a per-user config file that this writes.
+	$(VENV)/bin/vapoursynth config >&2
 	@touch $(STAMP)
 
 test: $(STAMP)
