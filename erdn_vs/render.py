@@ -1,0 +1,281 @@
+"""``erdn deblur INPUT -o OUTPUT``: a video file through vspipe + the worker into ffmpeg.
+
+The graph is an ordinary .vpy script (``--script`` prints it): the ``bs`` source plugin
+reads INPUT, ``erdn_vs.deblur`` restores it, and a frame range is cut *after* deblurring,
+so a chunk reads the neighbours it needs across its boundaries and chunks concatenate
+to exactly the single-run output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PROG = "erdn deblur"
+
+
+class RenderError(Exception):
+    """A problem the user can fix; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class FrameRange:
+    start: int
+    end: int | None  # exclusive; None = to the end
+
+    @classmethod
+    def parse(cls, text: str) -> FrameRange:
+        m = re.fullmatch(r"\s*(\d*)\s*:\s*(\d*)\s*", text)
+        if not m:
+            raise argparse.ArgumentTypeError(f"frame range must look like START:END (0:1000, 500:), got {text!r}")
+        start = int(m.group(1)) if m.group(1) else 0
+        end = int(m.group(2)) if m.group(2) else None
+        if end is not None and end <= start:
+            raise argparse.ArgumentTypeError(f"frame range {text!r} is empty: END must be greater than START")
+        return cls(start, end)
+
+
+def build_script(
+    input_path: str | Path,
+    *,
+    model: str | None = None,
+    weights: str | None = None,
+    window: int = 5,
+    device: str = "auto",
+    precision: str = "auto",
+    endpoint: str | None = None,
+    frame_range: FrameRange | None = None,
+) -> str:
+    """The .vpy text that ``erdn deblur`` renders; users can take it into their own scripts."""
+    args = [f"frames={window}"]
+    if model is not None:
+        args.append(f"model={model!r}")
+    if weights is not None:
+        args.append(f"weights={str(Path(weights).resolve())!r}")
+    if device != "auto":
+        args.append(f"device={device!r}")
+    if precision != "auto":
+        args.append(f"precision={precision!r}")
+    if endpoint is not None:
+        args.append(f"endpoint={endpoint!r}")
+    lines = [
+        "import vapoursynth as vs",
+        "import erdn_vs",
+        "",
+        "core = vs.core",
+        f"clip = core.bs.VideoSource({str(Path(input_path).resolve())!r})",
+        f"clip = erdn_vs.deblur(clip, {', '.join(args)})",
+    ]
+    if frame_range is not None:
+        end = "" if frame_range.end is None else str(frame_range.end)
+        lines.append(f"clip = clip[{frame_range.start}:{end}]  # after deblur: neighbours across the cut are read")
+    lines.append("clip.set_output()")
+    return "\n".join(lines) + "\n"
+
+
+def ffmpeg_exe() -> str:
+    """The system ffmpeg, else the one inside the imageio-ffmpeg wheel."""
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        raise RenderError("no ffmpeg found: install ffmpeg or `pip install imageio-ffmpeg`") from None
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def vspipe_exe() -> str:
+    here = Path(sys.executable).with_name("vspipe")
+    if here.exists():
+        return str(here)
+    found = shutil.which("vspipe")
+    if not found:
+        raise RenderError("vspipe not found: install the `vapoursynth` package in this environment")
+    return found
+
+
+def encoder_args(codec: str, crf: float | None, pix_fmt: str | None, lossless: bool, preset: str) -> list[str]:
+    if lossless:
+        codec = "ffv1" if codec in ("auto", "ffv1") else codec
+    if codec == "auto":
+        codec = "libx264"
+    out = ["-c:v", codec]
+    if codec in ("libx264", "libx265"):
+        out += ["-preset", preset]
+        out += ["-qp", "0"] if lossless else ["-crf", str(16 if crf is None else crf)]
+    elif codec == "ffv1":
+        out += ["-level", "3"]
+    elif crf is not None:
+        out += ["-crf", str(crf)]
+    if pix_fmt:
+        out += ["-pix_fmt", pix_fmt]
+    return out
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=PROG, description="Deblur a video file with ERDN (vspipe + worker + ffmpeg).")
+    p.add_argument("input", help="input video file (anything the bs source plugin reads)")
+    p.add_argument("-o", "--output", help="output video file (its extension picks the container)")
+    p.add_argument("--script", action="store_true", help="print the equivalent .vpy script and exit")
+    p.add_argument("--model", help="model name from plugin_manifest.yaml (default: the shipped one)")
+    p.add_argument("--weights", help="weights file to use instead of a named model")
+    p.add_argument("--window", type=int, choices=(3, 5), default=5, help="temporal window: 3 or 5 frames")
+    p.add_argument("--device", default="auto", help="worker device: auto, cpu, cuda, cuda:N")
+    p.add_argument("--precision", default="auto", help="auto, fp32, fp16, bf16")
+    p.add_argument("--endpoint", help="worker endpoint (default: the per-user ipc socket)")
+    p.add_argument("--frames", type=FrameRange.parse, metavar="START:END",
+                   help="render only output frames START..END-1 (chunks concatenate exactly)")
+    p.add_argument("--codec", default="auto", help="ffmpeg video encoder (default libx264; ffv1 with --lossless)")
+    p.add_argument("--crf", type=float, help="quality for x264/x265 (default 16)")
+    p.add_argument("--preset", default="medium", help="x264/x265 speed preset")
+    p.add_argument("--pix-fmt", help="output pixel format (default: the source's)")
+    p.add_argument("--lossless", action="store_true", help="lossless intermediate (ffv1, or x264 -qp 0)")
+    p.add_argument("--no-audio", action="store_true", help="do not copy the input's audio")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    args = p.parse_args(argv)
+    if not args.script and not args.output:
+        p.error("the following arguments are required: -o/--output (or use --script)")
+    return args
+
+
+def check_paths(input_path: Path, output: Path) -> None:
+    if not input_path.is_file():
+        raise RenderError(f"cannot read input {input_path}: no such file")
+    if not os.access(input_path, os.R_OK):
+        raise RenderError(f"cannot read input {input_path}: permission denied")
+    parent = output.resolve().parent
+    if not parent.is_dir():
+        raise RenderError(f"cannot write {output}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise RenderError(f"cannot write {output}: directory {parent} is not writable")
+    if output.resolve() == input_path.resolve():
+        raise RenderError("the output must not overwrite the input")
+
+
+_PROGRESS = re.compile(rb"Frame:\s*(\d+)/(\d+)")
+
+
+def _follow_progress(stream, quiet: bool, log: list[bytes]) -> None:
+    """Read vspipe's stderr: keep the text for errors, turn its progress into our own line."""
+    start = time.monotonic()
+    buf = b""
+    while chunk := stream.read1(4096) if hasattr(stream, "read1") else stream.read(4096):
+        buf += chunk
+        parts = re.split(rb"[\r\n]", buf)
+        buf = parts.pop()
+        for part in parts:
+            m = _PROGRESS.search(part)
+            if not m:
+                if part.strip():
+                    log.append(part)
+                continue
+            if quiet:
+                continue
+            done, total = int(m.group(1)), int(m.group(2))
+            elapsed = time.monotonic() - start
+            fps = done / elapsed if elapsed > 0 else 0.0
+            eta = (total - done) / fps if fps > 0 else float("nan")
+            sys.stderr.write(f"\r{PROG}: frame {done}/{total}  {fps:.2f} fps  ETA {eta:6.0f} s ")
+            sys.stderr.flush()
+    if buf.strip():
+        log.append(buf)
+    if not quiet:
+        sys.stderr.write("\n")
+
+
+def render(args: argparse.Namespace) -> Path:
+    input_path = Path(args.input)
+    output = Path(args.output)
+    check_paths(input_path, output)
+    script = build_script(
+        input_path, model=args.model, weights=args.weights, window=args.window, device=args.device,
+        precision=args.precision, endpoint=args.endpoint, frame_range=args.frames,
+    )
+    partial = output.with_name(f".{output.stem}.partial{output.suffix}")
+    with tempfile.TemporaryDirectory(prefix="erdn-deblur-") as tmp:
+        vpy = Path(tmp) / "deblur.vpy"
+        vpy.write_text(script)
+        copy_audio = not args.no_audio
+        ff = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "yuv4mpegpipe", "-i", "pipe:0"]
+        if copy_audio:
+            ff += audio_input_args(input_path, args.frames) + ["-map", "0:v:0", "-map", "1:a?", "-c:a", "copy"]
+        else:
+            ff += ["-map", "0:v:0"]
+        ff += encoder_args(args.codec, args.crf, args.pix_fmt, args.lossless, args.preset)
+        ff += (["-shortest"] if copy_audio else []) + [str(partial)]
+        vs_cmd = [vspipe_exe(), "-c", "y4m", "-p", str(vpy), "-"]
+        vs_log: list[bytes] = []
+        vs = subprocess.Popen(vs_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        enc = subprocess.Popen(ff, stdin=vs.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        vs.stdout.close()  # ffmpeg owns the pipe now
+        reader = threading.Thread(target=_follow_progress, args=(vs.stderr, args.quiet, vs_log), daemon=True)
+        reader.start()
+        try:
+            enc_err = enc.communicate()[1]
+            vs_rc = vs.wait()
+        except BaseException:
+            vs.kill()
+            enc.kill()
+            partial.unlink(missing_ok=True)
+            raise
+        reader.join(timeout=5)
+    if vs_rc != 0 or enc.returncode != 0:
+        partial.unlink(missing_ok=True)
+        detail = b"\n".join(vs_log).decode(errors="replace").strip()
+        if vs_rc != 0:
+            raise RenderError(f"rendering {input_path} failed (vspipe exit {vs_rc}):\n{detail}")
+        raise RenderError(
+            f"encoding to {output} failed (ffmpeg exit {enc.returncode}):\n{enc_err.decode(errors='replace').strip()}"
+        )
+    partial.replace(output)
+    return output
+
+
+def audio_input_args(input_path: Path, frame_range: FrameRange | None) -> list[str]:
+    """ffmpeg's second input (the source, for its audio), cut to the frame range if there is one."""
+    if frame_range is None:
+        return ["-i", str(input_path)]
+    fps = probe_fps(input_path)
+    opts = ["-ss", f"{frame_range.start / fps:.6f}"]
+    if frame_range.end is not None:
+        opts += ["-t", f"{(frame_range.end - frame_range.start) / fps:.6f}"]
+    return opts + ["-i", str(input_path)]
+
+
+def probe_fps(input_path: Path) -> float:
+    code = (
+        "import vapoursynth as vs, sys; c = vs.core.bs.VideoSource(sys.argv[1]); "
+        "sys.stderr.write(f'{c.fps.numerator}/{c.fps.denominator}')"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(input_path)], capture_output=True, text=True, timeout=120)
+    num, _, den = r.stderr.strip().rpartition("\n")[-1].partition("/")
+    try:
+        return int(num) / int(den)
+    except ValueError:
+        raise RenderError(f"cannot read the frame rate of {input_path}: {r.stderr.strip()}") from None
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.script:
+        print(build_script(args.input, model=args.model, weights=args.weights, window=args.window,
+                           device=args.device, precision=args.precision, endpoint=args.endpoint,
+                           frame_range=args.frames), end="")
+        return 0
+    try:
+        out = render(args)
+    except RenderError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
+    print(f"{PROG}: wrote {out}", file=sys.stderr)
+    return 0
