@@ -1,0 +1,390 @@
+"""The ZeroMQ client of the worker, used by the VapourSynth filter (pyzmq + numpy, never torch).
+
+One DEALER socket per calling thread, request ids on every message, a timeout on every
+receive. When the worker does not answer, the client can start it detached (autostart) so
+that it outlives the script and serves the next reload.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import itertools
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from . import protocol as P
+
+PING_TIMEOUT = 2.0  # a live worker answers ping from its I/O thread at once, even while computing
+START_TIMEOUT = 30.0  # autostart: how long to wait for a freshly started worker to answer
+CLOSE_TIMEOUT = 2.0
+MAX_PROCESS_ATTEMPTS = 6  # resends after need_frames / session reopen before giving up
+MAX_BUSY_EXTENSIONS = 20  # a process request may wait this many timeouts while the worker is alive and busy
+
+
+class WorkerError(Exception):
+    """Base of every client error; ``str(e)`` names the endpoint and says what to do."""
+
+
+class WorkerUnavailable(WorkerError):
+    """The worker is unreachable, could not be started, or stopped answering."""
+
+
+class WorkerBusy(WorkerError):
+    """The worker refused a new session (too many open)."""
+
+
+class ModelError(WorkerError):
+    """The model or weights file cannot be used (missing, damaged, sha256 mismatch, wrong frames)."""
+
+
+class ConfigError(WorkerError):
+    """A session option the worker cannot honour (device, precision, backend, tile)."""
+
+
+class ProtocolMismatch(WorkerError):
+    """A malformed request or a worker of another protocol version."""
+
+
+class _SessionLost(WorkerError):
+    """The worker no longer knows the session (expired or restarted): reopen it."""
+
+
+_ERRORS: dict[str, type[WorkerError]] = {
+    P.BAD_REQUEST: ProtocolMismatch,
+    P.VERSION_MISMATCH: ProtocolMismatch,
+    P.UNKNOWN_SESSION: _SessionLost,
+    P.MODEL_ERROR: ModelError,
+    P.CONFIG_ERROR: ConfigError,
+    P.BUSY: WorkerBusy,
+    P.SHUTTING_DOWN: WorkerUnavailable,
+    P.INTERNAL: WorkerError,
+}
+
+
+class _NoReply(Exception):
+    pass
+
+
+def worker_command(endpoint: str, worker_args: list[str] | None = None) -> list[str]:
+    """The command that starts a worker for ``endpoint`` with this Python."""
+    exe = sys.executable
+    if not exe or not Path(exe).name.startswith("python"):  # embedded interpreters: find the real one
+        exe = str(Path(sys.prefix) / "bin" / "python3")
+    return [exe, "-m", "worker", "--endpoint", endpoint, *(worker_args or [])]
+
+
+def _child_env() -> dict[str, str]:
+    """The environment of an autostarted worker: make sure it can import the ``worker`` package."""
+    env = dict(os.environ)
+    spec = importlib.util.find_spec("worker")
+    if spec is not None and spec.submodule_search_locations:
+        root = str(Path(next(iter(spec.submodule_search_locations))).parent)
+        parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        if root not in parts:
+            env["PYTHONPATH"] = os.pathsep.join([root, *parts])
+    return env
+
+
+class WorkerClient:
+    """Talks to one worker endpoint. Thread-safe: every thread gets its own DEALER socket."""
+
+    def __init__(self, endpoint: str | None = None, *, autostart: bool = True, timeout: float = 30.0,
+                 worker_args: list[str] | None = None) -> None:
+        self.endpoint = P.check_endpoint(endpoint or P.default_endpoint())
+        self.autostart = autostart
+        self.timeout = float(timeout)
+        self.worker_args = list(worker_args or [])
+        self._ctx = zmq.Context()
+        self._local = threading.local()
+        self._sockets: list[zmq.Socket] = []
+        self._sockets_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._ids_lock = threading.Lock()
+        self._ready = False
+        self._ready_lock = threading.Lock()
+        self._started: subprocess.Popen | None = None
+
+    # ------------------------------------------------------------ public API
+
+    def ping(self) -> dict:
+        return self._request("ping")[0]
+
+    def stats(self) -> dict:
+        return self._request("stats")[0]["stats"]
+
+    def shutdown(self) -> None:
+        """Ask the worker to stop (it finishes the requests it has)."""
+        self._request("shutdown", timeout=PING_TIMEOUT, start=False)
+
+    def open_session(self, *, frames: int, width: int, height: int, sample_type: str,
+                     model: str | None = None, weights: str | None = None,
+                     device: str = "auto", precision: str = "auto", tile: tuple[int, int] | None = None,
+                     overlap: int = 16) -> Session:
+        spec = P.SessionSpec(frames, width, height, sample_type, model,
+                             str(weights) if weights is not None else None, device, precision,
+                             tuple(tile) if tile is not None else None, overlap)
+        try:  # the same checks the worker makes, so mistakes surface here with a clear message
+            P.SessionSpec.from_header(spec.to_header())
+        except P.ProtocolError as e:
+            raise ValueError(f"open_session: {e.message}") from None
+        return Session(self, spec)
+
+    def close(self) -> None:
+        """Close every socket of this client (sessions should be closed first)."""
+        with self._sockets_lock:
+            for s in self._sockets:
+                s.close(linger=0)
+            self._sockets.clear()
+        self._ctx.term()
+
+    def __enter__(self) -> WorkerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ transport
+
+    def _next_id(self) -> int:
+        with self._ids_lock:
+            return next(self._ids)
+
+    def _socket(self) -> zmq.Socket:
+        sock = getattr(self._local, "sock", None)
+        if sock is None:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.endpoint)
+            self._local.sock = sock
+            with self._sockets_lock:
+                self._sockets.append(sock)
+        return sock
+
+    def _drop_socket(self) -> None:
+        """After a timeout the socket may still get the late reply: replace it (lazy pirate)."""
+        sock = getattr(self._local, "sock", None)
+        if sock is not None:
+            self._local.sock = None
+            with self._sockets_lock:
+                if sock in self._sockets:
+                    self._sockets.remove(sock)
+            sock.close(linger=0)
+
+    def _exchange(self, header: dict, buffers: list, timeout: float, busy_wait: bool = False) -> tuple[dict, list]:
+        """Send one request and wait for its reply (matched by id); raises _NoReply on timeout."""
+        sock = self._socket()
+        sock.send_multipart(P.encode(header, buffers), copy=False)
+        deadline = time.monotonic() + timeout
+        extensions = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if busy_wait and extensions < MAX_BUSY_EXTENSIONS and self._alive():
+                    extensions += 1
+                    deadline = time.monotonic() + timeout
+                    continue
+                self._drop_socket()
+                raise _NoReply()
+            if not sock.poll(int(remaining * 1000) + 1):
+                continue
+            frames = sock.recv_multipart(copy=False)
+            try:
+                reply = P.decode_header(frames[0].buffer)
+            except P.ProtocolError:
+                continue
+            if reply.get("id") != header["id"]:
+                continue  # a late reply to a request that timed out earlier
+            return reply, [f.buffer for f in frames[1:]]
+
+    def _alive(self) -> bool:
+        """Ping on a separate short-lived socket (this thread's socket is waiting for a reply)."""
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(self.endpoint)
+            rid = self._next_id()
+            sock.send_multipart(P.encode(P.request("ping", rid)))
+            deadline = time.monotonic() + PING_TIMEOUT
+            while (remaining := deadline - time.monotonic()) > 0:
+                if sock.poll(int(remaining * 1000) + 1):
+                    try:
+                        if P.decode_header(sock.recv_multipart()[0]).get("id") == rid:
+                            return True
+                    except P.ProtocolError:
+                        pass
+            return False
+        finally:
+            sock.close(linger=0)
+
+    def _unavailable(self, what: str) -> WorkerUnavailable:
+        return WorkerUnavailable(
+            f"erdn worker at {self.endpoint} {what}. Start it with `erdn worker --endpoint {self.endpoint}` "
+            f"(or let the client autostart it), and see its log {P.log_path()}"
+        )
+
+    def _ensure_worker(self) -> None:
+        if self._ready:
+            return
+        with self._ready_lock:
+            if self._ready:
+                return
+            if not self._alive():
+                if not self.autostart:
+                    raise self._unavailable(f"did not answer within {PING_TIMEOUT:g} s (autostart is off)")
+                self._start_worker()
+            self._ready = True
+
+    def _start_worker(self) -> None:
+        """Start one detached worker; a lock file makes concurrent clients (threads or processes) start one."""
+        key = hashlib.sha1(self.endpoint.encode()).hexdigest()[:12]
+        lock_path = P.runtime_dir() / f"autostart-{key}.lock"
+        with open(lock_path, "w") as lock:
+            deadline = time.monotonic() + START_TIMEOUT
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise self._unavailable("is being started by another process that did not finish") from None
+                    time.sleep(0.05)
+            try:
+                if self._alive():  # another process started it while we waited for the lock
+                    return
+                cmd = worker_command(self.endpoint, self.worker_args)
+                with open(P.log_path(), "ab") as log:
+                    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                                            start_new_session=True, env=_child_env(), close_fds=True)
+                self._started = proc
+                while time.monotonic() < deadline:
+                    if proc.poll() is not None:
+                        raise self._unavailable(
+                            f"could not be started: `{' '.join(cmd)}` exited with code {proc.returncode}")
+                    if self._alive():
+                        return
+                    time.sleep(0.1)
+                raise self._unavailable(f"was started (`{' '.join(cmd)}`) but did not answer within "
+                                        f"{START_TIMEOUT:g} s")
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _request(self, op: str, buffers: list | None = None, *, timeout: float | None = None, start: bool = True,
+                 busy_wait: bool = False, **fields: Any) -> tuple[dict, list]:
+        """One request -> its ok reply (header, buffers). Error replies raise the mapped WorkerError."""
+        timeout = self.timeout if timeout is None else timeout
+        for attempt in range(2):
+            if start:
+                self._ensure_worker()
+            header = P.request(op, self._next_id(), **fields)
+            try:
+                reply, bufs = self._exchange(header, buffers or [], timeout, busy_wait)
+            except _NoReply:
+                self._ready = False
+                if attempt == 0 and start and self.autostart and not self._alive():
+                    continue  # the worker died: start a new one and resend
+                raise self._unavailable(f"did not answer a {op!r} request within {timeout:g} s") from None
+            status = reply.get("status")
+            if status == "error":
+                cls = _ERRORS.get(reply.get("code"), WorkerError)
+                raise cls(f"erdn worker at {self.endpoint}: {reply.get('message', 'unknown error')}")
+            return reply, bufs
+        raise AssertionError("unreachable")
+
+
+class Session:
+    """One clip on the worker: a model, a frame size and caches of frames and stage-1 results."""
+
+    def __init__(self, client: WorkerClient, spec: P.SessionSpec) -> None:
+        self._client = client
+        self.spec = spec
+        self._lock = threading.Lock()
+        self._reopen_lock = threading.Lock()
+        self._sent: set[int] = set()
+        self.id: str | None = None
+        self.info: dict = {}
+        self.bytes_sent = 0
+        self._open()
+
+    def _open(self) -> None:
+        reply, _ = self._client._request("open_session", **self.spec.to_header())
+        with self._lock:
+            self.id = reply["session"]
+            self.info = reply
+            self._sent = set()
+
+    def process(self, n: int, window: tuple[int, ...], planes: dict[int, np.ndarray]) -> np.ndarray:
+        """Restore output frame ``n`` from source frames ``window`` -> (3, H, W) float32.
+
+        ``planes`` maps source index -> (3, H, W) array of the session's sample type and holds at
+        least every index of ``window``. Only frames the worker does not have yet are sent.
+        """
+        spec = self.spec
+        window = tuple(int(i) for i in window)
+        if len(window) != spec.frames:
+            raise ValueError(f"Session.process: window must have {spec.frames} source indices, got {window}")
+        dtype = P.SAMPLE_TYPES[spec.sample_type]
+        shape = (3, spec.height, spec.width)
+        for i in set(window):
+            a = planes.get(i)
+            if a is None:
+                raise ValueError(f"Session.process: planes has no frame for source index {i} of window {window}")
+            if a.shape != shape or a.dtype != dtype:
+                raise ValueError(f"Session.process: frame {i} is {a.dtype} {a.shape}; this session takes "
+                                 f"{dtype} {shape}")
+        for _ in range(MAX_PROCESS_ATTEMPTS):
+            with self._lock:
+                session_id = self.id
+                to_send = [i for i in dict.fromkeys(window) if i not in self._sent]
+                self._sent.update(to_send)
+            arrays = [np.ascontiguousarray(planes[i]) for i in to_send]
+            try:
+                reply, bufs = self._client._request(
+                    "process", arrays, busy_wait=True, session=session_id, n=int(n), window=list(window),
+                    buffers=[P.frame_descriptor(i, a) for i, a in zip(to_send, arrays, strict=True)])
+            except _SessionLost:
+                with self._reopen_lock:
+                    if self.id == session_id:  # one thread reopens; the others just retry
+                        self._open()
+                continue
+            except WorkerError:
+                with self._lock:
+                    self._sent.difference_update(to_send)  # unknown whether they arrived
+                raise
+            self.bytes_sent += sum(a.nbytes for a in arrays)
+            if reply["status"] == "need_frames":
+                with self._lock:
+                    self._sent.difference_update(reply.get("indices", []))
+                continue
+            out = np.frombuffer(bufs[0], dtype=np.float32)
+            if out.size != 3 * spec.height * spec.width:
+                raise ProtocolMismatch(f"erdn worker at {self._client.endpoint} returned {out.size} samples, "
+                                       f"expected {3 * spec.height * spec.width}; restart the worker")
+            return out.reshape(shape).copy()
+        raise WorkerError(f"erdn worker at {self._client.endpoint} kept asking for frames of window {window}; "
+                          "its cache is too small for this clip: restart it with a larger --cache-mb")
+
+    def close(self) -> None:
+        """Free the session's caches on the worker (a vanished client's sessions expire by themselves)."""
+        if self.id is None:
+            return
+        session_id, self.id = self.id, None
+        try:
+            self._client._request("close_session", timeout=CLOSE_TIMEOUT, start=False, session=session_id)
+        except WorkerError:
+            pass
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
