@@ -29,6 +29,7 @@ START_TIMEOUT = 30.0  # autostart: how long to wait for a freshly started worker
 CLOSE_TIMEOUT = 2.0
 MAX_PROCESS_ATTEMPTS = 6  # resends after need_frames / session reopen before giving up
 MAX_BUSY_EXTENSIONS = 20  # a process request may wait this many timeouts while the worker is alive and busy
+ENDPOINT_IN_USE = 3  # the worker's exit code when another worker holds the endpoint
 
 
 class WorkerError(Exception):
@@ -267,7 +268,7 @@ class WorkerClient:
                                             start_new_session=True, env=_child_env(), close_fds=True)
                 self._started = proc
                 while time.monotonic() < deadline:
-                    if proc.poll() is not None:
+                    if proc.poll() not in (None, ENDPOINT_IN_USE):  # in use: another worker is starting
                         raise self._unavailable(
                             f"could not be started: `{' '.join(cmd)}` exited with code {proc.returncode}")
                     if self._alive():
@@ -278,7 +279,7 @@ class WorkerClient:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _request(self, op: str, buffers: list | None = None, *, timeout: float | None = None, start: bool = True,
+    def _request(self, op: str, arrays: list | None = None, *, timeout: float | None = None, start: bool = True,
                  busy_wait: bool = False, **fields: Any) -> tuple[dict, list]:
         """One request -> its ok reply (header, buffers). Error replies raise the mapped WorkerError."""
         timeout = self.timeout if timeout is None else timeout
@@ -287,7 +288,7 @@ class WorkerClient:
                 self._ensure_worker()
             header = P.request(op, self._next_id(), **fields)
             try:
-                reply, bufs = self._exchange(header, buffers or [], timeout, busy_wait)
+                reply, bufs = self._exchange(header, arrays or [], timeout, busy_wait)
             except _NoReply:
                 self._ready = False
                 if attempt == 0 and start and self.autostart and not self._alive():

@@ -284,7 +284,8 @@ def parse_process(header: dict[str, Any], buffers: list, spec: SessionSpec) -> P
     window = header.get("window")
     if (not isinstance(window, list) or len(window) != spec.frames
             or any(type(i) is not int or not 0 <= i <= MAX_SOURCE_INDEX for i in window)):
-        raise ProtocolError(BAD_REQUEST, f"'window' must be a list of {spec.frames} source indices >= 0, got {window!r}")
+        raise ProtocolError(BAD_REQUEST,
+                            f"'window' must be a list of {spec.frames} source indices >= 0, got {window!r}")
     descs = header.get("buffers", [])
     if not isinstance(descs, list) or len(descs) != len(buffers):
         raise ProtocolError(

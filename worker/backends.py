@@ -1,0 +1,186 @@
+"""Backends run one ERDN stage: (B, 3, 3, H, W) float32 triplets -> (B, 3, H, W) float32 frames.
+
+``torch``: the network itself, on CUDA (fp32, fp16 or bf16 autocast) or the CPU (fp32).
+``onnx``: onnxruntime on the stage1.onnx / stage2.onnx graphs that ``erdn export`` writes
+(inputs (B, 9, H, W): three RGB frames stacked on channels), with the TensorRT, CUDA or CPU
+execution provider. Exported graphs are cached per user, keyed by the weights' sha256.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from .registry import ResolvedWeights
+
+BACKENDS = ("torch", "onnx")
+
+
+class BackendError(ValueError):
+    """A device, precision or backend the worker cannot honour; the message says what to do."""
+
+
+class Backend(Protocol):
+    name: str
+    device: torch.device
+    precision: str
+    frames: int
+
+    def stage1(self, triplets: Tensor) -> Tensor: ...
+
+    def stage2(self, triplets: Tensor) -> Tensor: ...
+
+
+def resolve_device(requested: str, default: str = "auto") -> torch.device:
+    """'auto' -> the worker's default device, which 'auto' makes CUDA when present, else the CPU."""
+    name = default if requested == "auto" else requested
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise BackendError(f"device {name!r} was asked for but this worker sees no CUDA GPU; use device='cpu'")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise BackendError(f"device {name!r}: this worker sees {torch.cuda.device_count()} GPU(s)")
+        return torch.device("cuda", index)
+    if name != "cpu":
+        raise BackendError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    return torch.device("cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' is fp16 on CUDA and fp32 on the CPU; half precisions need CUDA."""
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision in ("fp16", "bf16") and device.type != "cuda":
+        raise BackendError(f"precision {precision!r} needs a CUDA device; use precision='fp32' on the CPU")
+    return precision
+
+
+_AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, weights: ResolvedWeights, device: torch.device, precision: str) -> None:
+        from .model import load_model
+
+        self.model = load_model(weights.path, device)
+        self.device = device
+        self.precision = precision
+        self.frames = self.model.frames
+
+    def _run(self, stage, x: Tensor) -> Tensor:
+        with torch.inference_mode():
+            if self.precision in _AUTOCAST:
+                with torch.autocast(self.device.type, dtype=_AUTOCAST[self.precision]):
+                    return stage(x).out.float()
+            return stage(x).out.float()
+
+    def stage1(self, triplets: Tensor) -> Tensor:
+        return self._run(self.model.run_stage1, triplets)
+
+    def stage2(self, triplets: Tensor) -> Tensor:
+        return self._run(self.model.run_stage2, triplets)
+
+
+def onnx_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "erdn-vs" / "onnx"
+
+
+def _providers(device: torch.device, precision: str) -> list:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device.type == "cpu":
+        return ["CPUExecutionProvider"]
+    chosen: list = []
+    index = device.index or 0
+    if "TensorrtExecutionProvider" in available:
+        trt_cache = onnx_cache_dir() / "trt"
+        trt_cache.mkdir(parents=True, exist_ok=True)
+        chosen.append(("TensorrtExecutionProvider", {
+            "device_id": index, "trt_fp16_enable": precision == "fp16",
+            "trt_engine_cache_enable": True, "trt_engine_cache_path": str(trt_cache)}))
+    if "CUDAExecutionProvider" in available:
+        chosen.append(("CUDAExecutionProvider", {"device_id": index}))
+    if not chosen:
+        raise BackendError("onnxruntime has no CUDA or TensorRT provider here; use device='cpu' or backend torch")
+    return [*chosen, "CPUExecutionProvider"]
+
+
+class OnnxBackend:
+    """onnxruntime on the exported stage graphs; tensors cross as float32 numpy arrays."""
+
+    name = "onnx"
+
+    def __init__(self, weights: ResolvedWeights, device: torch.device, precision: str) -> None:
+        import onnxruntime as ort
+
+        if precision == "bf16":
+            raise BackendError("the onnx backend runs fp32 or fp16 (TensorRT); use precision='fp16' or 'fp32'")
+        self.device = device
+        self.precision = precision
+        paths, self.frames = exported_graphs(weights)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        threads = torch.get_num_threads()
+        options.intra_op_num_threads = threads
+        providers = _providers(device, precision)
+        self._sessions = [ort.InferenceSession(str(p), options, providers=providers) for p in paths]
+        self._input = [s.get_inputs()[0].name for s in self._sessions]
+
+    def _run(self, which: int, triplets: Tensor) -> Tensor:
+        b, t, c, h, w = triplets.shape
+        x = triplets.reshape(b, t * c, h, w).detach().float().cpu().numpy()
+        (y,) = self._sessions[which].run(None, {self._input[which]: x})[:1]
+        return torch.from_numpy(y).to(self.device).float()
+
+    def stage1(self, triplets: Tensor) -> Tensor:
+        return self._run(0, triplets)
+
+    def stage2(self, triplets: Tensor) -> Tensor:
+        if len(self._sessions) < 2:
+            raise BackendError("this model has frames=3: it has no stage 2")
+        return self._run(1, triplets)
+
+
+def exported_graphs(weights: ResolvedWeights) -> tuple[list[Path], int]:
+    """stage1.onnx (and stage2.onnx for frames=5) for these weights, exported once and cached by sha256."""
+    from .model.weights import read_metadata
+
+    frames = read_metadata(weights.path)["frames"]
+    out_dir = onnx_cache_dir() / weights.sha256[:32]
+    names = ["stage1.onnx"] + (["stage2.onnx"] if frames == 5 else [])
+    paths = [out_dir / n for n in names]
+    if not all(p.is_file() for p in paths):
+        try:
+            from .export import export_stages
+        except ImportError as e:
+            raise BackendError(f"the onnx backend needs worker.export ({e}); use --backend torch") from None
+        tmp = out_dir.with_name(out_dir.name + f".partial-{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        export_stages(weights.path, tmp)
+        tmp.replace(out_dir) if not out_dir.exists() else None
+        if tmp.exists():  # another worker exported it first
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise BackendError(f"ONNX export did not write {missing[0]}")
+    return paths, frames
+
+
+def load_backend(kind: str, weights: ResolvedWeights, device: torch.device, precision: str) -> Backend:
+    if kind == "torch":
+        return TorchBackend(weights, device, precision)
+    if kind == "onnx":
+        return OnnxBackend(weights, device, precision)
+    raise BackendError(f"unknown backend {kind!r}; choose one of {BACKENDS}")

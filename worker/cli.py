@@ -1,0 +1,101 @@
+"""``erdn worker``: serve in the foreground; ``erdn worker status`` / ``erdn worker stop`` query a running one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+
+def _endpoint_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint", default=None,
+                   help="ipc:///path/sock or tcp://127.0.0.1:PORT (default: $ERDN_WORKER_ENDPOINT, else a socket "
+                        "in the per-user runtime directory)")
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="erdn worker", description="Run the persistent ERDN worker in the foreground "
+                                "(logs go to stderr). Subcommands: `erdn worker status`, `erdn worker stop`.")
+    _endpoint_arg(p)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+    p.add_argument("--idle-timeout", type=float, default=300.0,
+                   help="exit after this many seconds with no open session (0: never; default 300)")
+    p.add_argument("--session-timeout", type=float, default=600.0,
+                   help="drop a session after this many seconds without requests (default 600)")
+    p.add_argument("--cache-mb", type=int, default=2048, help="byte budget of the frame and stage-1 caches")
+    p.add_argument("--max-sessions", type=int, default=16)
+    p.add_argument("--max-pixels", type=int, default=4 * 1920 * 1088,
+                   help="pixels one forward call may hold (batch x tile); larger frames are tiled")
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--batch-window-ms", type=float, default=4.0,
+                   help="how long to collect concurrent requests into one batch")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: its default)")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def serve_main(argv: list[str]) -> int:
+    args = serve_parser().parse_args(argv)
+    # vspipe may share our stdout with a video stream: anything printed goes to stderr instead.
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s erdn-worker[%(process)d] %(levelname)s %(message)s")
+    from erdn_vs import protocol as P
+
+    from .server import EndpointInUse, Server, WorkerConfig
+
+    for name, value in (("--cache-mb", args.cache_mb), ("--max-sessions", args.max_sessions),
+                        ("--max-pixels", args.max_pixels), ("--max-batch", args.max_batch)):
+        if value < 1:
+            print(f"erdn worker: {name} must be at least 1", file=sys.stderr)
+            return 2
+    try:
+        endpoint = P.check_endpoint(args.endpoint or P.default_endpoint())
+        P.check_device(args.device)
+    except (ValueError, P.ProtocolError) as e:
+        print(f"erdn worker: {e}", file=sys.stderr)
+        return 2
+    config = WorkerConfig(endpoint=endpoint, device=args.device, backend=args.backend,
+                          idle_timeout=args.idle_timeout, session_timeout=args.session_timeout,
+                          cache_mb=args.cache_mb, max_sessions=args.max_sessions, max_pixels=args.max_pixels,
+                          max_batch=args.max_batch, batch_window_ms=args.batch_window_ms, threads=args.threads)
+    try:
+        return Server(config).serve()
+    except EndpointInUse as e:
+        print(f"erdn worker: {e}", file=sys.stderr)
+        return 3
+    except Exception as e:  # zmq bind errors and the like: one line, not a traceback
+        print(f"erdn worker: cannot serve {endpoint}: {e}", file=sys.stderr)
+        return 1
+
+
+def _query_main(command: str, argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog=f"erdn worker {command}")
+    _endpoint_arg(p)
+    p.add_argument("--timeout", type=float, default=3.0)
+    args = p.parse_args(argv)
+    from erdn_vs.client import WorkerClient, WorkerError
+
+    try:
+        with WorkerClient(args.endpoint, autostart=False, timeout=args.timeout) as client:
+            if command == "status":
+                print(json.dumps(client.stats(), indent=2, sort_keys=True))
+            else:
+                client.shutdown()
+                print(f"erdn worker at {client.endpoint} is stopping", file=sys.stderr)
+    except WorkerError as e:
+        print(f"erdn worker {command}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] in ("status", "stop"):
+        return _query_main(argv[0], argv[1:])
+    if argv and argv[0] == "serve":
+        argv = argv[1:]
+    return serve_main(argv)

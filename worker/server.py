@@ -1,0 +1,298 @@
+"""The worker process: one ROUTER socket, an I/O thread and a compute thread.
+
+The I/O thread (the main thread) owns the ROUTER socket: it answers ping, stats and shutdown
+at once, even while a long computation runs, and queues everything else for the compute
+thread. The compute thread owns the sessions and the model; it collects process requests
+that arrive within a short window into one batch, and hands its replies back over an
+inproc socket (ZeroMQ sockets are not thread-safe). Nothing goes to stdout.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from erdn_vs import protocol as P
+
+log = logging.getLogger("erdn.worker")
+
+REPLY_ENDPOINT = "inproc://erdn-replies"
+
+
+@dataclass
+class WorkerConfig:
+    endpoint: str
+    device: str = "auto"
+    backend: str = "torch"
+    idle_timeout: float = 300.0  # exit after this long with no session and no request (0: never)
+    session_timeout: float = 600.0  # a session without requests for this long is dropped
+    cache_mb: int = 2048
+    max_sessions: int = 16
+    max_pixels: int = 4 * 1920 * 1088  # per forward call: batch x tile area
+    max_batch: int = 8
+    batch_window_ms: float = 4.0
+    threads: int = 0  # torch intra-op threads (0: torch's default)
+
+
+class EndpointInUse(RuntimeError):
+    pass
+
+
+def _hold_endpoint_lock(endpoint: str) -> Any:
+    """One worker per endpoint: a second one exits instead of stealing the ipc socket file."""
+    key = hashlib.sha1(endpoint.encode()).hexdigest()[:12]
+    f = open(P.runtime_dir() / f"worker-{key}.pid", "a+")  # noqa: SIM115 (held for the process lifetime)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise EndpointInUse(f"another erdn worker (pid {pid}) already serves {endpoint}; "
+                            f"stop it with `erdn worker stop --endpoint {endpoint}`") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+class Server:
+    def __init__(self, config: WorkerConfig) -> None:
+        from .session import Stats
+
+        self.config = config
+        self.stats = Stats()
+        self.ctx = zmq.Context()
+        self.jobs: queue.Queue = queue.Queue()
+        self.stop = threading.Event()
+        self.last_activity = time.monotonic()
+        self.ready = threading.Event()
+        self.load_error: str | None = None
+        self._lock_file: Any = None
+
+    # ------------------------------------------------------------ main (I/O) thread
+
+    def serve(self) -> int:
+        config = self.config
+        self._lock_file = _hold_endpoint_lock(config.endpoint)
+        router = self.ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.MAXMSGSIZE, P.MAX_FRAME_BYTES + 1)  # bigger parts drop the peer, not the worker
+        router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        path = P.ipc_path(config.endpoint)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            old_umask = os.umask(0o077)  # the socket file: this user only
+        try:
+            router.bind(config.endpoint)
+        finally:
+            if path is not None:
+                os.umask(old_umask)
+        replies = self.ctx.socket(zmq.PULL)
+        replies.bind(REPLY_ENDPOINT)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop.set())
+        compute = threading.Thread(target=self._compute_loop, name="erdn-compute", daemon=True)
+        compute.start()
+        log.info("erdn worker pid %d serving %s (backend %s, device %s)", os.getpid(), config.endpoint,
+                 config.backend, config.device)
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(replies, zmq.POLLIN)
+        try:
+            while not self.stop.is_set():
+                events = dict(poller.poll(200))
+                if replies in events:
+                    while True:
+                        try:
+                            router.send_multipart(replies.recv_multipart(zmq.NOBLOCK, copy=False), copy=False)
+                        except zmq.Again:
+                            break
+                if router in events:
+                    while True:
+                        try:
+                            msg = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._on_message(router, msg)
+                if self._idle_expired():
+                    log.info("no session and no request for %.0f s: exiting", config.idle_timeout)
+                    break
+        finally:
+            self.stop.set()
+            self.jobs.put(None)
+            compute.join(timeout=10)
+            router.close(linger=0)
+            replies.close(linger=0)
+            self.ctx.term()
+            if path is not None and path.exists():
+                path.unlink(missing_ok=True)
+            self._lock_file.close()
+            log.info("erdn worker stopped")
+        return 0
+
+    def _idle_expired(self) -> bool:
+        if self.config.idle_timeout <= 0:
+            return False
+        with self.stats.lock:
+            busy = bool(self.stats.sessions) or self.stats.queue_depth > 0
+        if busy:
+            self.last_activity = time.monotonic()
+            return False
+        return time.monotonic() - self.last_activity > self.config.idle_timeout
+
+    def _on_message(self, router: zmq.Socket, msg: list) -> None:
+        self.last_activity = time.monotonic()
+        identity, frames = msg[0], msg[1:]
+        request_id = None
+
+        def send(header: dict, buffers: list | tuple = ()) -> None:
+            router.send_multipart([identity, *P.encode(header, buffers)], copy=False)
+
+        try:
+            if not frames:
+                raise P.ProtocolError(P.BAD_REQUEST, "empty message: a request needs a JSON header frame")
+            header = P.decode_header(frames[0].buffer)
+            request_id = header.get("id") if type(header.get("id")) is int else None
+            op, request_id = P.check_request_header(header)
+            if op != "process" and len(frames) > 1:
+                raise P.ProtocolError(P.BAD_REQUEST, f"op {op!r} takes no buffers, got {len(frames) - 1}")
+            if op == "ping":
+                send(P.reply_ok(request_id, pid=os.getpid(), endpoint=self.config.endpoint,
+                                protocol=P.PROTOCOL_VERSION, ready=self.ready.is_set(), load_error=self.load_error))
+            elif op == "stats":
+                stats = self.stats.snapshot()
+                stats.update(pid=os.getpid(), endpoint=self.config.endpoint, backend=self.config.backend,
+                             device=self.config.device, ready=self.ready.is_set())
+                send(P.reply_ok(request_id, stats=stats))
+            elif op == "shutdown":
+                log.info("shutdown requested")
+                send(P.reply_ok(request_id))
+                self.stop.set()
+            else:
+                with self.stats.lock:
+                    self.stats.queue_depth += 1
+                self.jobs.put((op, identity, request_id, header, [f.buffer for f in frames[1:]]))
+        except P.ProtocolError as e:
+            self.stats.add(errors=1)
+            log.warning("bad request: %s", e.message)
+            send(P.reply_error(request_id, e.code, e.message))
+
+    # ------------------------------------------------------------ compute thread
+
+    def _compute_loop(self) -> None:
+        out = self.ctx.socket(zmq.PUSH)
+        out.connect(REPLY_ENDPOINT)
+        try:
+            manager = self._make_manager()
+        except Exception as e:  # torch missing or broken: keep answering, with the reason
+            self.load_error = f"the worker cannot load torch ({e}); pip install erdn-vs[worker]"
+            log.exception("worker start failed")
+            manager = None
+        self.ready.set()
+        window = self.config.batch_window_ms / 1000
+        try:
+            while not self.stop.is_set():
+                try:
+                    job = self.jobs.get(timeout=1.0)
+                except queue.Empty:
+                    if manager is not None:
+                        manager.expire()
+                        manager._publish_sessions()
+                    continue
+                if job is None:
+                    break
+                batch = [job]
+                if job[0] == "process":  # collect concurrent requests for a short while
+                    deadline = time.monotonic() + window
+                    while len(batch) < 64 and (remaining := deadline - time.monotonic()) > 0:
+                        try:
+                            more = self.jobs.get(timeout=remaining)
+                        except queue.Empty:
+                            break
+                        if more is None:
+                            self.stop.set()
+                            break
+                        batch.append(more)
+                with self.stats.lock:
+                    self.stats.queue_depth -= len(batch)
+                self._run(manager, batch, out)
+        finally:
+            out.close(linger=0)
+
+    def _make_manager(self):
+        import torch
+
+        from .session import SessionManager
+
+        if self.config.threads > 0:
+            torch.set_num_threads(self.config.threads)
+        c = self.config
+        return SessionManager(backend=c.backend, device=c.device, cache_bytes=c.cache_mb << 20,
+                              max_sessions=c.max_sessions, session_timeout=c.session_timeout,
+                              max_pixels=c.max_pixels, max_batch=c.max_batch, stats=self.stats)
+
+    def _run(self, manager, batch: list, out: zmq.Socket) -> None:
+        def replier(identity: bytes, request_id: int):
+            def reply(message: tuple[dict, list]) -> None:
+                header, buffers = message
+                header["id"] = request_id
+                out.send_multipart([identity, *P.encode(header, buffers)], copy=False)
+            return reply
+
+        process = []
+        for op, identity, request_id, header, buffers in batch:
+            reply = replier(identity, request_id)
+            if manager is None:
+                reply((P.reply_error(None, P.INTERNAL, self.load_error or "worker not ready"), []))
+                continue
+            if op == "process":
+                process.append((header, buffers, reply))
+                continue
+            self._guarded(reply, lambda op=op, header=header, reply=reply: self._session_op(manager, op, header, reply))
+        if process:
+            try:
+                manager.process_batch(process)
+            except Exception as e:  # a bug or an out-of-memory: answer every request of the batch
+                log.exception("process batch failed")
+                self.stats.add(errors=1)
+                for _, _, reply in process:
+                    reply((P.reply_error(None, P.INTERNAL, self._internal_message(e)), []))
+
+    def _session_op(self, manager, op: str, header: dict, reply) -> None:
+        if op == "open_session":
+            reply((P.reply_ok(None, **manager.open(header)), []))
+        elif op == "close_session":
+            closed = manager.close(P.session_id_of(header))
+            reply((P.reply_ok(None, closed=closed), []))
+
+    def _guarded(self, reply, fn) -> None:
+        try:
+            fn()
+        except P.ProtocolError as e:
+            self.stats.add(errors=1)
+            log.warning("request refused: %s", e.message)
+            reply((P.reply_error(None, e.code, e.message), []))
+        except Exception as e:
+            log.exception("request failed")
+            self.stats.add(errors=1)
+            reply((P.reply_error(None, P.INTERNAL, self._internal_message(e)), []))
+
+    @staticmethod
+    def _internal_message(e: Exception) -> str:
+        text = f"{type(e).__name__}: {e}"
+        if "out of memory" in str(e).lower():
+            return f"{text}; the frame does not fit in device memory: pass a smaller tile=(w, h) or start the " \
+                   "worker with a smaller --max-pixels"
+        return f"the worker failed ({text}); see its log {P.log_path()}"

@@ -1,0 +1,359 @@
+"""Sessions, their caches, and the cached two-stage cascade (the worker's compute side).
+
+A session is one clip: a model, a frame size, a sample type. The worker keeps, per session,
+the frames it received (reflect-padded to STRIDE once, on the model's device) and the
+stage-1 results keyed by the tuple of the three source indices they came from. For output
+frame n with window (w0..w4), stage 1 runs on (w0,w1,w2), (w1,w2,w3), (w2,w3,w4) unless
+cached, then stage 2 on their outputs; rendering in order, each stage-1 result serves three
+output frames, so a frame costs about 2 stage evaluations instead of 4. Because the keys are
+the source indices after edge and scene-cut substitution, a cached result is exactly what
+the model computes on that window.
+
+All of this runs on the worker's single compute thread; only ``Stats`` is shared.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from erdn_vs import protocol as P
+
+from .backends import Backend, BackendError, load_backend, resolve_device, resolve_precision
+from .model import pad_to_stride
+from .model.weights import WeightsError
+from .registry import ModelNotFound, resolve
+from .tiling import plan_tile, run_tiled
+
+log = logging.getLogger("erdn.worker")
+
+Reply = tuple[dict, list]  # header, buffers
+
+
+class ByteLRU:
+    """Tensors by key, least recently used evicted first once their bytes exceed the budget."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget = budget_bytes
+        self.bytes = 0
+        self.evictions = 0
+        self._items: OrderedDict[tuple, Tensor] = OrderedDict()
+
+    def get(self, key: tuple) -> Tensor | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: tuple, value: Tensor) -> None:
+        size = value.element_size() * value.nelement()
+        if size > self.budget:
+            return
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.bytes -= old.element_size() * old.nelement()
+        self._items[key] = value
+        self.bytes += size
+        while self.bytes > self.budget:
+            _, dropped = self._items.popitem(last=False)
+            self.bytes -= dropped.element_size() * dropped.nelement()
+            self.evictions += 1
+
+    def drop_session(self, session_id: str) -> None:
+        for key in [k for k in self._items if k[0] == session_id]:
+            value = self._items.pop(key)
+            self.bytes -= value.element_size() * value.nelement()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass
+class Stats:
+    """Counters the I/O thread reads for the ``stats`` op (guarded by ``lock``)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    started: float = field(default_factory=time.time)
+    frames_served: int = 0
+    stage1_evals: int = 0
+    stage2_evals: int = 0
+    stage1_seconds: float = 0.0
+    stage2_seconds: float = 0.0
+    cache_hits: int = 0  # stage-1 results found in the cache
+    cache_misses: int = 0
+    need_frames_replies: int = 0
+    bytes_received: int = 0
+    batches: int = 0
+    batched_requests: int = 0
+    errors: int = 0
+    queue_depth: int = 0
+    sessions: dict[str, dict] = field(default_factory=dict)
+    cache_bytes: int = 0
+    cache_evictions: int = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            out = {k: v for k, v in vars(self).items() if k not in ("lock", "sessions", "started")}
+            out["uptime_s"] = round(time.time() - self.started, 3)
+            out["sessions"] = len(self.sessions)
+            out["session_list"] = list(self.sessions.values())
+            served = max(1, self.frames_served)
+            out["stage_evals_per_frame"] = round((self.stage1_evals + self.stage2_evals) / served, 4)
+            return out
+
+    def add(self, **deltas: float) -> None:
+        with self.lock:
+            for k, v in deltas.items():
+                setattr(self, k, getattr(self, k) + v)
+
+
+@dataclass
+class WorkerSession:
+    id: str
+    spec: P.SessionSpec
+    backend: Backend
+    tile: tuple[int, int] | None  # (h, w) in padded pixels, or None for whole frames
+    padded_hw: tuple[int, int]
+    last_used: float = field(default_factory=time.monotonic)
+    frames_served: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        s = self.spec
+        return {"session": self.id, "frames": s.frames, "width": s.width, "height": s.height,
+                "sample_type": s.sample_type, "model": s.model, "weights": s.weights,
+                "backend": self.backend.name, "device": str(self.backend.device),
+                "precision": self.backend.precision, "tile": list(self.tile) if self.tile else None,
+                "frames_served": self.frames_served}
+
+
+@dataclass
+class _Job:
+    """One process request inside a batch."""
+
+    session: WorkerSession
+    request: P.ProcessRequest
+    reply: Callable[[Reply], None]
+    triplets: list[tuple[int, int, int]]
+    frames: dict[int, Tensor]
+    stage1: dict[tuple[int, int, int], Tensor]
+
+
+class SessionManager:
+    """Opens and closes sessions and runs batches of process requests through the cached cascade."""
+
+    def __init__(self, *, backend: str = "torch", device: str = "auto", cache_bytes: int = 1 << 30,
+                 max_sessions: int = 16, session_timeout: float = 600.0, max_pixels: int = 4 * 1920 * 1088,
+                 max_batch: int = 8, stats: Stats | None = None) -> None:
+        self.backend_kind = backend
+        self.default_device = device
+        self.cache = ByteLRU(cache_bytes)
+        self.max_sessions = max_sessions
+        self.session_timeout = session_timeout
+        self.max_pixels = max_pixels
+        self.max_batch = max_batch
+        self.stats = stats or Stats()
+        self.sessions: dict[str, WorkerSession] = {}
+        self._backends: dict[tuple, Backend] = {}
+
+    # ------------------------------------------------------------ sessions
+
+    def open(self, header: dict) -> dict:
+        spec = P.SessionSpec.from_header(header)
+        self.expire()
+        if len(self.sessions) >= self.max_sessions:
+            raise P.ProtocolError(P.BUSY, f"this worker already has {len(self.sessions)} open sessions (its "
+                                  "--max-sessions); close finished clips or restart it with a larger --max-sessions")
+        try:
+            weights = resolve(spec.model, spec.weights)
+            device = resolve_device(spec.device, self.default_device)
+            precision = resolve_precision(spec.precision, device)
+        except ModelNotFound as e:
+            raise P.ProtocolError(P.MODEL_ERROR, str(e)) from None
+        except BackendError as e:
+            raise P.ProtocolError(P.CONFIG_ERROR, str(e)) from None
+        if weights.frames is not None and weights.frames != spec.frames:
+            raise P.ProtocolError(P.MODEL_ERROR, f"model {weights.name!r} takes frames={weights.frames}, "
+                                  f"the session asked for frames={spec.frames}")
+        key = (self.backend_kind, weights.sha256, str(device), precision)
+        backend = self._backends.get(key)
+        if backend is None:
+            t0 = time.perf_counter()
+            try:
+                backend = load_backend(self.backend_kind, weights, device, precision)
+            except WeightsError as e:
+                raise P.ProtocolError(P.MODEL_ERROR, str(e)) from None
+            except BackendError as e:
+                raise P.ProtocolError(P.CONFIG_ERROR, str(e)) from None
+            log.info("loaded %s on %s (%s, %s) in %.2f s", weights.path, device, self.backend_kind, precision,
+                     time.perf_counter() - t0)
+            self._backends[key] = backend
+        if backend.frames != spec.frames:
+            raise P.ProtocolError(P.MODEL_ERROR, f"{weights.path} is a frames={backend.frames} model; open the "
+                                  f"session with frames={backend.frames}")
+        stride = 8
+        padded_hw = (-(-spec.height // stride) * stride, -(-spec.width // stride) * stride)
+        tile = plan_tile(padded_hw, spec.tile, spec.overlap, self.max_pixels)
+        session = WorkerSession(secrets.token_hex(8), spec, backend, tile, padded_hw)
+        self.sessions[session.id] = session
+        self._publish_sessions()
+        log.info("opened session %s: %s", session.id, session.describe())
+        return session.describe()
+
+    def close(self, session_id: str) -> bool:
+        session = self.sessions.pop(session_id, None)
+        self.cache.drop_session(session_id)
+        self._publish_sessions()
+        return session is not None
+
+    def expire(self) -> None:
+        """Drop sessions nobody used for ``session_timeout`` seconds (their client vanished)."""
+        now = time.monotonic()
+        for sid in [s.id for s in self.sessions.values() if now - s.last_used > self.session_timeout]:
+            log.info("session %s expired after %.0f s without requests", sid, self.session_timeout)
+            self.close(sid)
+
+    def _publish_sessions(self) -> None:
+        with self.stats.lock:
+            self.stats.sessions = {s.id: s.describe() for s in self.sessions.values()}
+            self.stats.cache_bytes = self.cache.bytes
+            self.stats.cache_evictions = self.cache.evictions
+
+    def get(self, session_id: str) -> WorkerSession:
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise P.ProtocolError(P.UNKNOWN_SESSION, f"session {session_id} is not open on this worker (it expired "
+                                  "or the worker restarted); reopen it")
+        session.last_used = time.monotonic()
+        return session
+
+    # ------------------------------------------------------------ processing
+
+    def _padded(self, session: WorkerSession, array: np.ndarray) -> Tensor:
+        t = torch.from_numpy(np.array(array, copy=True)).to(session.backend.device)
+        return pad_to_stride(t)[0]
+
+    def _prepare(self, session: WorkerSession, req: P.ProcessRequest, reply: Callable[[Reply], None]) -> _Job | None:
+        """Store the request's frames; take what the window needs from the caches, or ask for what is missing."""
+        sid = session.id
+        frames: dict[int, Tensor] = {}
+        for index, array in req.frames.items():
+            t = self._padded(session, array)
+            self.cache.put((sid, "f", index), t)
+            frames[index] = t
+        w = req.window
+        triplets = [tuple(w[0:3])] if len(w) == 3 else [tuple(w[i:i + 3]) for i in range(3)]
+        stage1: dict[tuple[int, int, int], Tensor] = {}
+        missing: set[int] = set()
+        for key in triplets:
+            cached = self.cache.get((sid, "s1", key))
+            if cached is not None:
+                stage1[key] = cached
+                continue
+            for index in key:
+                if index not in frames:
+                    t = self.cache.get((sid, "f", index))
+                    if t is None:
+                        missing.add(index)
+                    else:
+                        frames[index] = t
+        if missing:
+            self.stats.add(need_frames_replies=1)
+            reply((P.reply_need_frames(None, sorted(missing)), []))
+            return None
+        return _Job(session, req, reply, triplets, frames, stage1)
+
+    def _run_stage(self, session: WorkerSession, which: int, triplets: Tensor) -> Tensor:
+        backend = session.backend
+        fn = backend.stage1 if which == 1 else backend.stage2
+        t0 = time.perf_counter()
+        if session.tile is not None:
+            out = run_tiled(fn, triplets, session.tile, session.spec.overlap)
+        else:
+            out = fn(triplets)
+        if out.device.type == "cuda":
+            torch.cuda.synchronize(out.device)
+        seconds = time.perf_counter() - t0
+        if which == 1:
+            self.stats.add(stage1_evals=triplets.shape[0], stage1_seconds=seconds)
+        else:
+            self.stats.add(stage2_evals=triplets.shape[0], stage2_seconds=seconds)
+        return out
+
+    def _chunks(self, session: WorkerSession, items: list) -> list[list]:
+        """Split a batch so one forward call holds at most max_pixels (per tile) and max_batch items."""
+        h, w = session.tile or session.padded_hw
+        per_call = max(1, min(self.max_batch, self.max_pixels // (h * w)))
+        return [items[i:i + per_call] for i in range(0, len(items), per_call)]
+
+    def process_batch(self, items: list[tuple[dict, list, Callable[[Reply], None]]]) -> None:
+        """Run process requests together: shared stage-1 work is computed once, same-shape work in one batch."""
+        jobs: list[_Job] = []
+        for header, buffers, reply in items:
+            try:
+                session = self.get(P.session_id_of(header))
+                req = P.parse_process(header, buffers, session.spec)
+                self.stats.add(bytes_received=sum(a.nbytes for a in req.frames.values()))
+                job = self._prepare(session, req, reply)
+            except P.ProtocolError as e:
+                self.stats.add(errors=1)
+                reply((P.reply_error(None, e.code, e.message), []))
+                continue
+            if job is not None:
+                jobs.append(job)
+        if not jobs:
+            return
+        self.stats.add(batches=1, batched_requests=len(jobs))
+        # Stage 1: every triplet not cached, once per (session, key), grouped by session (same model and shape).
+        todo: dict[str, dict[tuple, list[_Job]]] = {}
+        for job in jobs:
+            for key in job.triplets:
+                if key in job.stage1:
+                    self.stats.add(cache_hits=1)
+                else:
+                    todo.setdefault(job.session.id, {}).setdefault(key, []).append(job)
+        sessions = {job.session.id: job.session for job in jobs}
+        for sid, by_key in todo.items():
+            session = sessions[sid]
+            keys = list(by_key)
+            self.stats.add(cache_misses=len(keys))
+            for chunk in self._chunks(session, keys):
+                first_job = {k: by_key[k][0] for k in chunk}
+                x = torch.stack([torch.stack([first_job[k].frames[i] for i in k]) for k in chunk]).float()
+                out = self._run_stage(session, 1, x)
+                for k, y in zip(chunk, out, strict=True):
+                    y = y.clone()
+                    self.cache.put((sid, "s1", k), y)
+                    for job in by_key[k]:
+                        job.stage1[k] = y
+        # Stage 2 (frames=5) on the three stage-1 outputs; frames=3 takes the stage-1 output.
+        results: dict[int, Tensor] = {}
+        by_session: dict[str, list[tuple[int, _Job]]] = {}
+        for j, job in enumerate(jobs):
+            if job.session.spec.frames == 3:
+                results[j] = job.stage1[job.triplets[0]]
+            else:
+                by_session.setdefault(job.session.id, []).append((j, job))
+        for sid, entries in by_session.items():
+            session = sessions[sid]
+            for chunk in self._chunks(session, entries):
+                x = torch.stack([torch.stack([job.stage1[k] for k in job.triplets]) for _, job in chunk])
+                out = self._run_stage(session, 2, x)
+                for (j, _), y in zip(chunk, out, strict=True):
+                    results[j] = y
+        for j, job in enumerate(jobs):
+            spec = job.session.spec
+            frame = results[j][:, : spec.height, : spec.width].float().cpu().contiguous().numpy()
+            job.session.frames_served += 1
+            job.reply((P.reply_ok(None, shape=list(frame.shape), dtype="float32", n=job.request.n), [frame]))
+        self.stats.add(frames_served=len(jobs))
+        self._publish_sessions()
