@@ -1,0 +1,176 @@
+"""``erdn_vs.deblur``: the public VapourSynth function.
+
+The graph: source -> RGB (formats.to_rgb) -> frames n-r..n+r as shifted clips (so VapourSynth
+prefetches them; no get_frame inside a callback) -> std.ModifyFrame, whose callback picks the
+window (windows.temporal_window, from the neighbours' scene-change flags) and asks the worker
+to restore it -> back to the source format -> the source's frame properties.
+
+The worker session opens on the first frame request, not at script time, so evaluating a
+script (vspipe --info, a vspreview reload) costs nothing until frames are wanted.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from pathlib import Path
+from typing import Any
+
+import vapoursynth as vs
+
+from . import formats, windows
+from .manifest import ManifestError, load_manifest
+
+PREFIX = "erdn_vs.deblur: "
+
+
+def deblur(
+    clip: vs.VideoNode,
+    *,
+    model: str | None = None,
+    weights: str | None = None,
+    frames: int = 5,
+    tile: int | tuple[int, int] | None = None,
+    overlap: int = 16,
+    device: str = "auto",
+    precision: str = "auto",
+    endpoint: str | None = None,
+    scene_change: bool = True,
+    autostart: bool = True,
+    timeout: float = 60.0,
+) -> vs.VideoNode:
+    """Deblur ``clip`` with ERDN on the persistent worker.
+
+    Every parameter (type, default, allowed values) is declared in plugin_manifest.yaml.
+    Returns a clip of the same format, size, length, frame rate and frame properties.
+    Bad arguments or clips raise vapoursynth.Error at once; an unreachable worker raises it
+    on the first frame request, naming the endpoint and the command that starts the worker.
+    """
+    try:
+        args = load_manifest().check_arguments("deblur", {
+            "clip": clip, "model": model, "weights": weights, "frames": frames, "tile": tile,
+            "overlap": overlap, "device": device, "precision": precision, "endpoint": endpoint,
+            "scene_change": scene_change, "autostart": autostart, "timeout": timeout,
+        })
+        formats.check_clip(clip)
+        model, weights = _choose_model(args["model"], args["weights"], args["frames"])
+    except (ValueError, ManifestError) as e:
+        raise vs.Error(PREFIX + str(e)) from None
+
+    core = vs.core
+    colour = formats.colour_of(clip)
+    rgb = formats.to_rgb(clip, colour)
+    length, frames = clip.num_frames, args["frames"]
+    r = windows.radius(frames)
+    neighbours = [_shifted(rgb, d) for d in range(-r, r + 1)]
+    blank = core.std.BlankClip(rgb, format=vs.RGBS, keep=True)
+    restorer = _Restorer(
+        client_args={"endpoint": args["endpoint"], "autostart": args["autostart"], "timeout": args["timeout"]},
+        session_args={"frames": frames, "width": clip.width, "height": clip.height,
+                      "sample_type": formats.sample_type(rgb.format.id), "model": model, "weights": weights,
+                      "device": args["device"], "precision": args["precision"], "tile": args["tile"],
+                      "overlap": args["overlap"]},
+    )
+    use_cuts = args["scene_change"]
+
+    def restore_frame(n: int, f: list[vs.VideoFrame]) -> vs.VideoFrame:
+        sources = windows.clamped_offsets(n, length, frames)
+        received = dict(zip(sources, f[1:], strict=True))  # duplicates at the edges are the same frame
+        if use_cuts:
+            cut = windows.cuts_from_flags(
+                {k: fr.props.get("_SceneChangePrev", 0) for k, fr in received.items()},
+                {k: fr.props.get("_SceneChangeNext", 0) for k, fr in received.items()},
+            )
+        else:
+            cut = windows.no_cuts
+        window = windows.temporal_window(n, length, frames, cut)
+        planes = {k: formats.frame_to_array(received[k]) for k in set(window)}
+        restored = restorer.process(n, window, planes)
+        out = f[0].copy()
+        formats.write_array(out, restored)
+        return out
+
+    restored = core.std.ModifyFrame(blank, [blank, *neighbours], restore_frame)
+    out = formats.from_rgb(restored, clip, colour)
+    return core.std.CopyFrameProps(out, clip)
+
+
+def _choose_model(model: str | None, weights: str | None, frames: int) -> tuple[str | None, str | None]:
+    """Exactly one of (manifest model name, absolute weights path), checked against ``frames``."""
+    manifest = load_manifest()
+    if model is not None and weights is not None:
+        raise ValueError("give model (a shipped model's name) or weights (a file path), not both")
+    if weights is not None:
+        path = Path(weights).expanduser().resolve()
+        if not path.is_file():
+            raise ValueError(f"weights file {path} does not exist; pass the path of an erdn-vs .safetensors file")
+        return None, str(path)  # absolute: the worker has its own working directory
+    if model is None:
+        if not manifest.models:
+            raise ValueError(f"no model given and {manifest.path} lists no shipped models yet; "
+                             "pass weights='path/to/weights.safetensors' (train one with the training package)")
+        model = manifest.models[0].name
+    entry = manifest.model(model)
+    if entry.frames != frames:
+        raise ValueError(f"model {model!r} takes frames={entry.frames}; pass frames={entry.frames}")
+    return model, None
+
+
+def _shifted(clip: vs.VideoNode, offset: int) -> vs.VideoNode:
+    """Frame n of the result is frame clamp(n + offset) of ``clip`` (same length)."""
+    length = clip.num_frames
+    k = min(abs(offset), length)
+    if offset == 0:
+        return clip
+    if offset < 0:
+        pad = clip[0] * k
+        return pad + clip[: length - k] if length > k else pad
+    pad = clip[-1] * k
+    return clip[k:] + pad if length > k else pad
+
+
+class _Restorer:
+    """One clip's worker session: opened on first use, shared by VapourSynth's threads,
+    closed when the clip's graph is freed (the worker also expires idle sessions)."""
+
+    def __init__(self, client_args: dict[str, Any], session_args: dict[str, Any]) -> None:
+        self._client_args = client_args
+        self._session_args = session_args
+        self._lock = threading.Lock()
+        # Held in a list the finalizer can reach without keeping ``self`` alive.
+        self._open: list = []  # [client, session] once opened
+        weakref.finalize(self, _close, self._open)
+
+    def process(self, n: int, window: tuple[int, ...], planes: dict) -> Any:
+        from .client import WorkerError
+
+        try:
+            return self._session().process(n, window, planes)
+        except (WorkerError, ValueError) as e:
+            raise vs.Error(f"{PREFIX}frame {n}: {e}") from None
+
+    def _session(self) -> Any:
+        if self._open:
+            return self._open[1]
+        with self._lock:
+            if not self._open:
+                from .client import WorkerClient, WorkerError
+
+                client = WorkerClient(**self._client_args)
+                try:
+                    session = client.open_session(**self._session_args)
+                except (WorkerError, ValueError):
+                    client.close()
+                    raise
+                self._open.extend([client, session])
+        return self._open[1]
+
+
+def _close(opened: list) -> None:
+    if opened:
+        client, session = opened
+        opened.clear()
+        try:
+            session.close()
+        finally:
+            client.close()

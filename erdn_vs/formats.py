@@ -1,0 +1,149 @@
+"""Colour conversion between a user's clip and the RGB the model sees, and frames <-> numpy arrays.
+
+The model works on RGB in [0, 1]. A source of at most 10 bits (or half float) goes to RGBH
+(float16 holds every 10-bit code exactly), anything deeper to RGBS. The conversion uses the
+clip's own _Matrix/_Transfer/_Primaries/_ColorRange/_ChromaLocation, read once from frame 0
+(a clip whose colour properties change mid-stream is converted with frame 0's), and defaults
+when they are absent or "unspecified": BT.2020 for frames above 1920x1080, BT.709 for HD,
+BT.470BG for 576-line PAL, SMPTE 170M for other SD; limited range for YUV, full for RGB.
+
+The way back (restored RGBS -> source format) uses the same values; samples are clamped to
+[0, 1] in RGB before it, and integer formats are rounded without dithering
+(dither_type="none"), so the result is deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import vapoursynth as vs
+
+# ITU-T H.273 codes, as VapourSynth's _Matrix/_Transfer/_Primaries use them.
+MATRIX_RGB, MATRIX_709, MATRIX_UNSPECIFIED, MATRIX_470BG, MATRIX_170M, MATRIX_2020NCL = 0, 1, 2, 5, 6, 9
+TRANSFER_UNSPECIFIED, PRIMARIES_UNSPECIFIED = 2, 2
+RANGE_FULL, RANGE_LIMITED = 0, 1  # _ColorRange values
+
+
+@dataclass(frozen=True)
+class Colour:
+    """How a clip's samples map to RGB; ``matrix`` is None for RGB clips."""
+
+    matrix: int | None
+    transfer: int
+    primaries: int
+    full_range: bool
+    chromaloc: int | None  # _ChromaLocation of subsampled YUV, None = resize's default (left)
+
+    def resize_args(self, direction: str) -> dict:
+        """Keyword arguments of core.resize for ``direction`` "in" (to RGB) or "out" (back to the source)."""
+        suffix = "_in" if direction == "in" else ""
+        # Transfer and primaries stay as they are (in = out): only the matrix and range are converted.
+        args = {"transfer_in": self.transfer, "transfer": self.transfer,
+                "primaries_in": self.primaries, "primaries": self.primaries,
+                f"range{suffix}_s": "full" if self.full_range else "limited"}
+        if self.matrix is not None:
+            args[f"matrix{suffix}"] = self.matrix
+        if self.chromaloc is not None:
+            args[f"chromaloc{suffix}"] = self.chromaloc
+        return args
+
+
+def check_clip(clip: object) -> None:
+    """Raise ValueError (saying what to do) for anything deblur cannot take."""
+    if not isinstance(clip, vs.VideoNode):
+        raise ValueError(f"clip must be a vapoursynth.VideoNode, got {type(clip).__name__}")
+    fmt = clip.format
+    if fmt is None or fmt.id == vs.NONE:
+        raise ValueError("clip has a variable format; convert it to one format first "
+                         "(e.g. core.resize.Bicubic(clip, format=vs.YUV420P10))")
+    if clip.width == 0 or clip.height == 0:
+        raise ValueError("clip has a variable frame size; resize it to one size first "
+                         "(e.g. core.resize.Bicubic(clip, 1920, 1080))")
+    if fmt.color_family not in (vs.RGB, vs.YUV):
+        raise ValueError(f"clip is {fmt.name}; ERDN restores colour video: give an RGB or YUV clip "
+                         "(a GRAY clip can be turned into one with core.std.ShufflePlanes(clip, [0, 0, 0], vs.RGB))")
+    if fmt.sample_type == vs.INTEGER and not 8 <= fmt.bits_per_sample <= 16:
+        raise ValueError(f"clip is {fmt.name}; integer clips of 8 to 16 bits are supported")
+    if fmt.sample_type == vs.FLOAT and fmt.bits_per_sample not in (16, 32):
+        raise ValueError(f"clip is {fmt.name}; half (16-bit) and single (32-bit) float clips are supported")
+
+
+def work_format(fmt: vs.VideoFormat) -> int:
+    """RGBH for sources of at most 10 bits or half float, RGBS otherwise."""
+    if fmt.bits_per_sample <= 10 or (fmt.sample_type == vs.FLOAT and fmt.bits_per_sample == 16):
+        return vs.RGBH
+    return vs.RGBS
+
+
+def sample_type(work: int) -> str:
+    """The protocol's name for the samples of a work format."""
+    return "half" if work == vs.RGBH else "float"
+
+
+def default_matrix(width: int, height: int) -> int:
+    if width > 1920 or height > 1080:
+        return MATRIX_2020NCL
+    if width > 1024 or height > 576:
+        return MATRIX_709
+    if height in (576, 288):
+        return MATRIX_470BG
+    return MATRIX_170M
+
+
+# Transfer and primaries that go with each default matrix (H.273 codes).
+_DEFAULT_TRANSFER = {MATRIX_2020NCL: 14, MATRIX_709: 1, MATRIX_470BG: 6, MATRIX_170M: 6}
+_DEFAULT_PRIMARIES = {MATRIX_2020NCL: 9, MATRIX_709: 1, MATRIX_470BG: 5, MATRIX_170M: 6}
+
+
+def colour_from_props(props: dict, fmt: vs.VideoFormat, width: int, height: int) -> Colour:
+    """A Colour from one frame's properties, filling in the defaults for what is absent."""
+    guess = default_matrix(width, height)
+    is_yuv = fmt.color_family == vs.YUV
+    matrix = props.get("_Matrix")
+    if not is_yuv:
+        matrix = None
+    elif not isinstance(matrix, int) or matrix in (MATRIX_RGB, MATRIX_UNSPECIFIED):
+        matrix = guess
+    transfer = props.get("_Transfer")
+    if not isinstance(transfer, int) or transfer in (0, TRANSFER_UNSPECIFIED):
+        transfer = _DEFAULT_TRANSFER[guess]
+    primaries = props.get("_Primaries")
+    if not isinstance(primaries, int) or primaries in (0, PRIMARIES_UNSPECIFIED):
+        primaries = _DEFAULT_PRIMARIES[guess]
+    colour_range = props.get("_ColorRange")
+    if colour_range in (RANGE_FULL, RANGE_LIMITED):
+        full = colour_range == RANGE_FULL
+    else:
+        full = not is_yuv
+    subsampled = is_yuv and (fmt.subsampling_w or fmt.subsampling_h)
+    chromaloc = props.get("_ChromaLocation") if subsampled else None
+    if not isinstance(chromaloc, int) or not 0 <= chromaloc <= 5:
+        chromaloc = None
+    return Colour(matrix, transfer, primaries, full, chromaloc)
+
+
+def colour_of(clip: vs.VideoNode) -> Colour:
+    """The Colour of a clip, from frame 0's properties (one frame is requested at script time)."""
+    return colour_from_props(dict(clip.get_frame(0).props), clip.format, clip.width, clip.height)
+
+
+def to_rgb(clip: vs.VideoNode, colour: Colour) -> vs.VideoNode:
+    """The clip as RGBH or RGBS (see ``work_format``)."""
+    return vs.core.resize.Bicubic(clip, format=work_format(clip.format), **colour.resize_args("in"))
+
+
+def from_rgb(rgb: vs.VideoNode, like: vs.VideoNode, colour: Colour) -> vs.VideoNode:
+    """Restored RGB back to ``like``'s format with the same colour description; no dithering."""
+    return vs.core.resize.Bicubic(rgb, format=like.format.id, dither_type="none", **colour.resize_args("out"))
+
+
+def frame_to_array(frame: vs.VideoFrame) -> np.ndarray:
+    """An RGB frame as a contiguous (3, H, W) array of its sample type (float16 or float32)."""
+    return np.stack([np.asarray(frame[p]) for p in range(3)])
+
+
+def write_array(frame: vs.VideoFrame, rgb: np.ndarray) -> None:
+    """Write a (3, H, W) float array into a writable RGBS frame, clamped to [0, 1]."""
+    for p in range(3):
+        np.clip(rgb[p], 0.0, 1.0, out=np.asarray(frame[p]), casting="same_kind")
