@@ -36,8 +36,10 @@ STAGE_PARTS: dict[str, tuple[str, str]] = {
 Rule = tuple[str, str | Callable[[re.Match[str]], str]]
 
 
-def _minus1(m: re.Match[str], group: int = 1) -> int:
-    return int(m[group]) - 1
+def _index_minus_1(template: str) -> Callable[[re.Match[str]], str]:
+    """Replacement that fills ``template`` with group 1 minus one (official 1-based levels
+    and indices -> ours) and group 2 unchanged."""
+    return lambda m: template.format(int(m[1]) - 1, m[2])
 
 
 # The official three-scale encoder-decoder (RECONS_VIDEO) -> our EncoderDecoder. Same
@@ -57,14 +59,14 @@ ALIGN_RULES: list[Rule] = [
     (r"conv_first\.(weight|bias)", r"conv_first.\1"),
     (r"feature_extraction\.(.+)", r"extract.\1"),
     # conv_l{2,3,4}_{1,2}: the stride-2 and the 3x3 conv of pyramid levels 2..4.
-    (r"conv_l([234])_([12])\.(weight|bias)", lambda m: f"down.{int(m[1]) - 2}.{_minus1(m, 2)}.{m[3]}"),
+    (r"conv_l([234])_([12])\.(weight|bias)", lambda m: f"down.{int(m[1]) - 2}.{int(m[2]) - 1}.{m[3]}"),
     # conv_l{1,2,3}_t: 1x1 convs from the centre encoder's features to the pyramid's width.
-    (r"conv_l([123])_t\.(weight|bias)", lambda m: f"center_to_pyramid.{_minus1(m)}.{m[2]}"),
-    (r"pcd_align\.offset_conv1\.l([1-4])\.rfblock\.(.+)", lambda m: f"pyramid_align.offset_erf.{_minus1(m)}.paths.{m[2]}"),
-    (r"pcd_align\.offset_conv1\.l([1-4])\.last_layer\.(.+)", lambda m: f"pyramid_align.offset_erf.{_minus1(m)}.fuse.{m[2]}"),
-    (r"pcd_align\.offset_conv2\.l([1-3])\.(.+)", lambda m: f"pyramid_align.offset_fuse.{_minus1(m)}.{m[2]}"),
-    (r"pcd_align\.dcn_pack\.l([1-4])\.(.+)", lambda m: f"pyramid_align.dcn.{_minus1(m)}.{m[2]}"),
-    (r"pcd_align\.feat_conv\.l([1-3])\.(.+)", lambda m: f"pyramid_align.feat_fuse.{_minus1(m)}.{m[2]}"),
+    (r"conv_l([123])_t\.(weight|bias)", _index_minus_1("center_to_pyramid.{}.{}")),
+    (r"pcd_align\.offset_conv1\.l([1-4])\.rfblock\.(.+)", _index_minus_1("pyramid_align.offset_erf.{}.paths.{}")),
+    (r"pcd_align\.offset_conv1\.l([1-4])\.last_layer\.(.+)", _index_minus_1("pyramid_align.offset_erf.{}.fuse.{}")),
+    (r"pcd_align\.offset_conv2\.l([1-3])\.(.+)", _index_minus_1("pyramid_align.offset_fuse.{}.{}")),
+    (r"pcd_align\.dcn_pack\.l([1-4])\.(.+)", _index_minus_1("pyramid_align.dcn.{}.{}")),
+    (r"pcd_align\.feat_conv\.l([1-3])\.(.+)", _index_minus_1("pyramid_align.feat_fuse.{}.{}")),
     (r"pcd_align\.cas_offset_conv1\.(.+)", r"pyramid_align.cascade_offset1.\1"),
     (r"pcd_align\.cas_offset_conv2\.(.+)", r"pyramid_align.cascade_offset2.\1"),
     (r"pcd_align\.cas_dcnpack\.(.+)", r"pyramid_align.cascade_dcn.\1"),
@@ -78,7 +80,7 @@ GRADIENT_RULES: list[Rule] = [
     # Official in_layer is one flat Sequential (conv, ReLU, ResBlocks...); ours nests the
     # conv+ReLU as item 0, so the ResBlocks move down by one index.
     (r"in_layer\.0\.(weight|bias)", r"in_layer.0.0.\1"),
-    (r"in_layer\.(\d+)\.(.+)", lambda m: f"in_layer.{_minus1(m)}.{m[2]}"),
+    (r"in_layer\.(\d+)\.(.+)", _index_minus_1("in_layer.{}.{}")),
     (r"inBlock\.(.+)", r"in_block.\1"),
     (r"down_first\.(.+)", r"down1.\1"),
     (r"encoder_first\.(.+)", r"encoder1.\1"),
