@@ -1,15 +1,18 @@
 """Colour conversion between a user's clip and the RGB the model sees, and frames <-> numpy arrays.
 
 The model works on RGB in [0, 1]. A source of at most 10 bits (or half float) goes to RGBH
-(float16 holds every 10-bit code exactly), anything deeper to RGBS. The conversion uses the
-clip's own _Matrix/_Transfer/_Primaries/_ColorRange/_ChromaLocation, read once from frame 0
-(a clip whose colour properties change mid-stream is converted with frame 0's), and defaults
-when they are absent or "unspecified": BT.2020 for frames above 1920x1080, BT.709 for HD,
-BT.470BG for 576-line PAL, SMPTE 170M for other SD; limited range for YUV, full for RGB.
+(float16 holds every 10-bit code exactly), anything deeper to RGBS.
 
-The way back (restored RGBS -> source format) uses the same values; samples are clamped to
-[0, 1] in RGB before it, and integer formats are rounded without dithering
-(dither_type="none"), so the result is deterministic.
+The clip's own _Matrix/_Range (or the older _ColorRange)/_ChromaLocation describe it. On the
+way in, core.resize uses each frame's properties and falls back to the arguments given here
+when a property is absent or "unspecified". The way back has no input properties to read, so
+it uses frame 0's description: a clip whose colour description changes mid-stream comes back
+with frame 0's. Defaults: BT.2020 above 1920x1080, BT.709 for HD, BT.470BG for 576-line PAL,
+SMPTE 170M for other SD; limited range for YUV, full for RGB. Transfer and primaries are left
+alone (passed only to the matrices that need them: BT.2020 CL, chromaticity-derived, ICtCp).
+
+Restored samples are clamped to [0, 1] in RGB, then converted back with dither_type="none"
+(plain rounding), so the result is deterministic.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ import vapoursynth as vs
 
 # ITU-T H.273 codes, as VapourSynth's _Matrix/_Transfer/_Primaries use them.
 MATRIX_RGB, MATRIX_709, MATRIX_UNSPECIFIED, MATRIX_470BG, MATRIX_170M, MATRIX_2020NCL = 0, 1, 2, 5, 6, 9
-TRANSFER_UNSPECIFIED, PRIMARIES_UNSPECIFIED = 2, 2
-RANGE_FULL, RANGE_LIMITED = 0, 1  # _ColorRange values
+UNSPECIFIED = 2
+MATRICES_NEEDING_TRANSFER = (10, 12, 13, 14)  # 2020 CL, chromaticity-derived NCL/CL, ICtCp
+# _Range (VapourSynth R74+): 0 limited, 1 full. The deprecated _ColorRange: 0 full, 1 limited.
+RANGE_LIMITED, RANGE_FULL = 0, 1
 
 
 @dataclass(frozen=True)
@@ -30,22 +35,23 @@ class Colour:
     """How a clip's samples map to RGB; ``matrix`` is None for RGB clips."""
 
     matrix: int | None
-    transfer: int
-    primaries: int
     full_range: bool
-    chromaloc: int | None  # _ChromaLocation of subsampled YUV, None = resize's default (left)
+    chromaloc: int | None  # _ChromaLocation of subsampled YUV; None = resize's default (left)
+    transfer: int | None = None  # only for MATRICES_NEEDING_TRANSFER
+    primaries: int | None = None
 
     def resize_args(self, direction: str) -> dict:
         """Keyword arguments of core.resize for ``direction`` "in" (to RGB) or "out" (back to the source)."""
         suffix = "_in" if direction == "in" else ""
-        # Transfer and primaries stay as they are (in = out): only the matrix and range are converted.
-        args = {"transfer_in": self.transfer, "transfer": self.transfer,
-                "primaries_in": self.primaries, "primaries": self.primaries,
-                f"range{suffix}_s": "full" if self.full_range else "limited"}
+        args: dict = {f"range{suffix}_s": "full" if self.full_range else "limited"}
         if self.matrix is not None:
             args[f"matrix{suffix}"] = self.matrix
         if self.chromaloc is not None:
             args[f"chromaloc{suffix}"] = self.chromaloc
+        if self.transfer is not None:  # in = out: no transfer conversion, zimg just needs to know it
+            args.update(transfer_in=self.transfer, transfer=self.transfer)
+        if self.primaries is not None:
+            args.update(primaries_in=self.primaries, primaries=self.primaries)
         return args
 
 
@@ -91,36 +97,35 @@ def default_matrix(width: int, height: int) -> int:
     return MATRIX_170M
 
 
-# Transfer and primaries that go with each default matrix (H.273 codes).
-_DEFAULT_TRANSFER = {MATRIX_2020NCL: 14, MATRIX_709: 1, MATRIX_470BG: 6, MATRIX_170M: 6}
-_DEFAULT_PRIMARIES = {MATRIX_2020NCL: 9, MATRIX_709: 1, MATRIX_470BG: 5, MATRIX_170M: 6}
+def _code(props: dict, key: str) -> int | None:
+    value = props.get(key)
+    return int(value) if isinstance(value, int) and value != UNSPECIFIED else None
 
 
 def colour_from_props(props: dict, fmt: vs.VideoFormat, width: int, height: int) -> Colour:
     """A Colour from one frame's properties, filling in the defaults for what is absent."""
-    guess = default_matrix(width, height)
     is_yuv = fmt.color_family == vs.YUV
-    matrix = props.get("_Matrix")
-    if not is_yuv:
-        matrix = None
-    elif not isinstance(matrix, int) or matrix in (MATRIX_RGB, MATRIX_UNSPECIFIED):
-        matrix = guess
-    transfer = props.get("_Transfer")
-    if not isinstance(transfer, int) or transfer in (0, TRANSFER_UNSPECIFIED):
-        transfer = _DEFAULT_TRANSFER[guess]
-    primaries = props.get("_Primaries")
-    if not isinstance(primaries, int) or primaries in (0, PRIMARIES_UNSPECIFIED):
-        primaries = _DEFAULT_PRIMARIES[guess]
-    colour_range = props.get("_ColorRange")
-    if colour_range in (RANGE_FULL, RANGE_LIMITED):
-        full = colour_range == RANGE_FULL
+    matrix = None
+    if is_yuv:
+        matrix = _code(props, "_Matrix")
+        if matrix in (None, MATRIX_RGB):
+            matrix = default_matrix(width, height)
+    if "_Range" in props and props["_Range"] in (RANGE_LIMITED, RANGE_FULL):
+        full = props["_Range"] == RANGE_FULL
+    elif "_ColorRange" in props and props["_ColorRange"] in (0, 1):
+        full = props["_ColorRange"] == 0
     else:
         full = not is_yuv
-    subsampled = is_yuv and (fmt.subsampling_w or fmt.subsampling_h)
-    chromaloc = props.get("_ChromaLocation") if subsampled else None
-    if not isinstance(chromaloc, int) or not 0 <= chromaloc <= 5:
-        chromaloc = None
-    return Colour(matrix, transfer, primaries, full, chromaloc)
+    chromaloc = None
+    if is_yuv and (fmt.subsampling_w or fmt.subsampling_h):
+        chromaloc = props.get("_ChromaLocation")
+        if not isinstance(chromaloc, int) or not 0 <= chromaloc <= 5:
+            chromaloc = None
+    transfer = primaries = None
+    if matrix in MATRICES_NEEDING_TRANSFER:
+        transfer = _code(props, "_Transfer") or 14  # BT.2020 10-bit
+        primaries = _code(props, "_Primaries") or 9  # BT.2020
+    return Colour(matrix, full, chromaloc, transfer, primaries)
 
 
 def colour_of(clip: vs.VideoNode) -> Colour:
