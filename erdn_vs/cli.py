@@ -15,6 +15,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("worker.cli", "run the persistent model worker, or query it (status, stop)"),
     "export": ("worker.export", "export weights as ONNX graphs (stage 1, stage 2, whole window)"),
     "convert": ("worker.convert", "convert an official ERDN checkpoint to erdn-vs weights"),
+    "synth": ("training.synth", "make paired blurry/sharp training clips (stills or your own high-fps video)"),
+    "train": ("training.train", "train ERDN from a YAML config (resumes; torchrun for several GPUs)"),
+    "eval": ("training.evaluate", "PSNR/SSIM of weights on a dataset, beside the blurry input's own"),
 }
 
 

@@ -1,0 +1,166 @@
+"""Training configuration: one YAML file, read into plain dataclasses and checked up front.
+
+Relative paths in a config (data roots, the run folder) are taken relative to the
+current directory, so configs under training/configs/ are meant to run from the repo root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key and what it should be."""
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "lite"
+    frames: int = 5
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/synth"
+    layout: str = "auto"
+    train_split: str = "train"
+    val_split: str = "test"
+    crop: int = 256
+    flip: bool = True
+    rotate: bool = True
+    workers: int = 0
+    val_windows: int = 8  # validation windows (evenly spread over the val videos); 0: every window
+    val_crop: int = 0  # centre crop of validation frames (0: whole frames)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adam"
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0  # max gradient norm (0: off)
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "step"  # step | cosine | constant
+    every: int = 200  # step: halve (gamma) every this many `unit`s
+    unit: str = "epoch"  # epoch | iteration
+    gamma: float = 0.5
+    min_lr: float = 1e-6  # cosine: final learning rate
+    warmup: int = 0  # iterations of linear warm-up
+
+
+@dataclass
+class LossConfig:
+    rec: float = 1.0
+    grad: float = 1.0
+    align: float = 1.0  # lambda of Eq. 10
+
+
+@dataclass
+class TrainConfig:
+    name: str = "run"
+    run_dir: str = "runs/run"
+    seed: int = 0
+    batch: int = 8  # per process
+    iterations: int = 1000
+    val_every: int = 500
+    checkpoint_every: int = 100  # iterations; also every checkpoint_minutes, whichever comes first
+    checkpoint_minutes: float = 0.0
+    log_every: int = 10
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    amp: bool = True  # mixed precision on CUDA (bfloat16); ignored on CPU
+    weights_out: str = ""  # also copy the final weights here (e.g. worker/weights/x.safetensors)
+    training_data: str = ""  # description recorded in the weights' metadata
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+SECTIONS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "optimizer": OptimizerConfig,
+    "schedule": ScheduleConfig,
+    "loss": LossConfig,
+}
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name in SECTIONS and cls is TrainConfig:
+            values[name] = _build(SECTIONS[name], value, f"{where}.{name}")
+            continue
+        default = getattr(cls(), name)
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}.{name} must be true or false, got {value!r}")
+        elif isinstance(default, int | float) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{where}.{name} must be a number, got {value!r}")
+            if isinstance(default, int) and not float(value).is_integer():
+                raise ConfigError(f"{where}.{name} must be a whole number, got {value!r}")
+            value = type(default)(value)
+        elif isinstance(default, tuple):
+            value = tuple(float(v) for v in value)
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise ConfigError(f"{where}.{name} must be a string, got {value!r}")
+        values[name] = value
+    return cls(**values)
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read and check a training config. ``overrides`` maps dotted keys (``data.crop``) to values."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+    for key, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    cfg = _build(TrainConfig, raw, path.name)
+    check(cfg, path.name)
+    return cfg
+
+
+def check(cfg: TrainConfig, where: str) -> None:
+    from worker.model import PRESETS
+
+    if cfg.model.preset not in PRESETS:
+        raise ConfigError(f"{where}: model.preset {cfg.model.preset!r} is not one of {sorted(PRESETS)}")
+    if cfg.model.frames not in (3, 5):
+        raise ConfigError(f"{where}: model.frames must be 3 or 5, got {cfg.model.frames}")
+    if cfg.data.crop < 8 or cfg.data.crop % 8:
+        raise ConfigError(f"{where}: data.crop must be a positive multiple of 8, got {cfg.data.crop}")
+    for name in ("batch", "iterations", "val_every", "checkpoint_every", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{where}: {name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.optimizer.name not in ("adam", "adamw"):
+        raise ConfigError(f"{where}: optimizer.name must be adam or adamw, got {cfg.optimizer.name!r}")
+    if cfg.schedule.name not in ("step", "cosine", "constant"):
+        raise ConfigError(f"{where}: schedule.name must be step, cosine or constant, got {cfg.schedule.name!r}")
+    if cfg.schedule.unit not in ("epoch", "iteration"):
+        raise ConfigError(f"{where}: schedule.unit must be epoch or iteration, got {cfg.schedule.unit!r}")

@@ -1,0 +1,403 @@
+"""``erdn train CONFIG.yaml``: the cascaded training loop.
+
+One process, or several under torchrun (DistributedDataParallel; gloo on CPU, NCCL on CUDA)::
+
+    erdn train training/configs/lite_synth.yaml
+    torchrun --nproc_per_node 4 -m training.train training/configs/paper.yaml
+
+A run lives in ``run_dir``: ``last.ckpt`` (resumed automatically), ``best.safetensors``
+(best validation PSNR), ``final.safetensors``, ``log.csv``, TensorBoard events under
+``tb/`` and ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from training.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from training.config import ConfigError, TrainConfig, load_config
+from training.data import DatasetError, TrainWindows, find_videos, window_indices
+from training.data.images import read_rgb, to_uint8
+from training.losses import CascadeLoss, LossWeights
+from training.metrics import psnr, ssim
+from worker.model import ERDN, build_model, save_model
+
+CSV_FIELDS = ["iteration", "epoch", "lr", "total", "rec", "grad", "align", "val_psnr", "val_ssim", "seconds"]
+
+
+class CascadeForward(nn.Module):
+    """Makes ``ERDN.cascade`` the forward, so DistributedDataParallel sees (and syncs) it."""
+
+    def __init__(self, model: ERDN) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor):  # noqa: ANN201 - CascadeOutput
+        return self.model.cascade(x)
+
+
+def learning_rate(cfg: TrainConfig, iteration: int, iters_per_epoch: int) -> float:
+    """The schedule as a pure function of the iteration, so resuming needs no scheduler object."""
+    s, base = cfg.schedule, cfg.optimizer.lr
+    if s.warmup and iteration < s.warmup:
+        return base * (iteration + 1) / s.warmup
+    if s.name == "constant":
+        return base
+    if s.name == "step":
+        unit = iteration // iters_per_epoch if s.unit == "epoch" else iteration
+        return base * s.gamma ** (unit // s.every)
+    progress = min(1.0, (iteration - s.warmup) / max(1, cfg.iterations - s.warmup))
+    return s.min_lr + 0.5 * (base - s.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def validation_windows(cfg: TrainConfig, frames: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(blurry window (T,H,W,3), sharp centre, blurry centre) uint8, evenly spread over the val videos."""
+    videos = find_videos(cfg.data.root, cfg.data.val_split, cfg.data.layout)
+    items = [(v, c) for v in videos for c in range(len(v))]
+    if cfg.data.val_windows and len(items) > cfg.data.val_windows:
+        picks = np.linspace(0, len(items) - 1, cfg.data.val_windows).round().astype(int)
+        items = [items[i] for i in picks]
+    out = []
+    for video, centre in items:
+        blur = np.stack([read_rgb(video.blur[i]) for i in window_indices(centre, len(video), frames)])
+        sharp = read_rgb(video.sharp[centre])
+        if cfg.data.val_crop:
+            c = cfg.data.val_crop
+            h, w = sharp.shape[:2]
+            y, x = max(0, (h - c) // 2), max(0, (w - c) // 2)
+            blur, sharp = blur[:, y : y + c, x : x + c], sharp[y : y + c, x : x + c]
+        out.append((blur, sharp, blur[frames // 2]))
+    return out
+
+
+@torch.no_grad()
+def validate(model: ERDN, windows: list, device: torch.device) -> dict[str, float]:
+    """Mean PSNR/SSIM of restored and of blurry centre frames (official metric: 8-bit, border 4)."""
+    was_training = model.training
+    model.eval()
+    scores: dict[str, list[float]] = {"psnr": [], "ssim": [], "blurry_psnr": [], "blurry_ssim": []}
+    for blur, sharp, blurry_centre in windows:
+        x = torch.from_numpy(blur.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)[None].to(device)
+        restored = to_uint8(model(x)[0].float().cpu().numpy().transpose(1, 2, 0))
+        scores["psnr"].append(psnr(restored, sharp))
+        scores["ssim"].append(ssim(restored, sharp))
+        scores["blurry_psnr"].append(psnr(blurry_centre, sharp))
+        scores["blurry_ssim"].append(ssim(blurry_centre, sharp))
+    model.train(was_training)
+    return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+class RunLog:
+    """CSV (always), TensorBoard (when the tensorboard package is installed), on rank 0 only."""
+
+    def __init__(self, run_dir: Path, start_iteration: int) -> None:
+        self.path = run_dir / "log.csv"
+        rows = []
+        if self.path.is_file() and start_iteration > 0:  # keep what happened before the checkpoint
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= start_iteration]
+        with open(self.path, "w", newline="") as f:
+            w = csv.DictWriter(f, CSV_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_iteration + 1 if start_iteration else None)
+        except ImportError:
+            print("erdn train: tensorboard is not installed; logging to log.csv only", file=sys.stderr)
+
+    def write(self, row: dict[str, Any]) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, CSV_FIELDS).writerow({k: row.get(k, "") for k in CSV_FIELDS})
+        if self.tb is not None:
+            for k, v in row.items():
+                if k not in ("iteration", "epoch", "seconds") and v != "":
+                    self.tb.add_scalar(k if k.startswith("val") else f"train/{k}", float(v), int(row["iteration"]))
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_curves(csv_path: Path, png_path: Path) -> bool:
+    """Loss and validation PSNR curves as a PNG; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    train = [(int(r["iteration"]), float(r["total"])) for r in rows if r["total"]]
+    val = [(int(r["iteration"]), float(r["val_psnr"])) for r in rows if r["val_psnr"]]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    if train:
+        a.plot(*zip(*train, strict=True))
+    a.set(xlabel="iteration", ylabel="training loss (all stages)", yscale="log")
+    if val:
+        b.plot(*zip(*val, strict=True), marker="o")
+    b.set(xlabel="iteration", ylabel="validation PSNR (dB)")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def setup_distributed() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 0, 1
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    return dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), world
+
+
+def train(cfg: TrainConfig, resume: bool = True) -> Path:
+    """Run (or resume) the training described by ``cfg``; returns the final weights path."""
+    rank, local_rank, world = setup_distributed()
+    main_process = rank == 0
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    use_amp = cfg.amp and device.type == "cuda"
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model.preset, cfg.model.frames).to(device)
+    model.train()
+    net: nn.Module = CascadeForward(model)
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[local_rank] if device.type == "cuda" else None)
+    opt_cls = torch.optim.AdamW if cfg.optimizer.name == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(
+        model.parameters(), lr=cfg.optimizer.lr, betas=cfg.optimizer.betas, weight_decay=cfg.optimizer.weight_decay
+    )
+    criterion = CascadeLoss(LossWeights(cfg.loss.rec, cfg.loss.grad, cfg.loss.align)).to(device)
+
+    videos = find_videos(cfg.data.root, cfg.data.train_split, cfg.data.layout)
+    dataset = TrainWindows(videos, cfg.model.frames, cfg.data.crop, cfg.data.flip, cfg.data.rotate, cfg.seed)
+    sampler = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    iters_per_epoch = len(sampler) // cfg.batch
+    if iters_per_epoch == 0:
+        raise DatasetError(
+            f"{len(dataset)} training windows cannot fill one batch of {cfg.batch} on {world} process(es)"
+        )
+
+    start, best = 0, {"psnr": -math.inf, "iteration": -1}
+    ckpt_path = run_dir / "last.ckpt"
+    if resume and ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path)
+        if state["preset"] != cfg.model.preset or int(state["frames"]) != cfg.model.frames:
+            raise CheckpointError(f"{ckpt_path} is a {state['preset']}/{state['frames']}-frame run; the config differs")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        start = int(state["iteration"])
+        best = {"psnr": float(state["best_psnr"]), "iteration": int(state["best_iteration"])}
+        if main_process:
+            print(f"erdn train: resumed {ckpt_path} at iteration {start}", file=sys.stderr)
+
+    def save_last(iteration: int) -> None:
+        save_checkpoint(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": rng_state(),
+                "iteration": iteration,
+                "best_psnr": best["psnr"],
+                "best_iteration": best["iteration"],
+                "preset": cfg.model.preset,
+                "frames": cfg.model.frames,
+            },
+            ckpt_path,
+        )
+
+    log = RunLog(run_dir, start) if main_process else None
+    val_windows = validation_windows(cfg, cfg.model.frames) if main_process else []
+    metadata = {
+        "preset": cfg.model.preset,
+        "frames": cfg.model.frames,
+        "training_data": cfg.training_data or str(cfg.data.root),
+        "config": cfg.name,
+        "seed": cfg.seed,
+        "crop": cfg.data.crop,
+        "batch": cfg.batch * world,
+    }
+    last_val: dict[str, float] = {}
+
+    def run_validation(iteration: int) -> None:
+        nonlocal last_val
+        if main_process:
+            last_val = validate(model, val_windows, device)
+            log.write({"iteration": iteration, "val_psnr": last_val["psnr"], "val_ssim": last_val["ssim"]})
+            print(
+                f"erdn train: iteration {iteration}: val PSNR {last_val['psnr']:.2f} dB SSIM {last_val['ssim']:.4f} "
+                f"(blurry {last_val['blurry_psnr']:.2f} dB / {last_val['blurry_ssim']:.4f})",
+                file=sys.stderr,
+            )
+            if last_val["psnr"] > best["psnr"]:
+                best.update(psnr=last_val["psnr"], iteration=iteration)
+                save_model(
+                    model,
+                    run_dir / "best.safetensors",
+                    **metadata,
+                    iterations=iteration,
+                    val_psnr=last_val["psnr"],
+                    val_ssim=last_val["ssim"],
+                    val_blurry_psnr=last_val["blurry_psnr"],
+                    val_blurry_ssim=last_val["blurry_ssim"],
+                )
+        if world > 1:
+            dist.barrier()
+
+    bar = None
+    if main_process:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.iterations, initial=start, desc=cfg.name, unit="it", file=sys.stderr, dynamic_ncols=True)
+    sums: dict[str, float] = {}
+    count, t0, last_ckpt_time = 0, time.time(), time.time()
+    batches = None
+    iteration = start
+    while iteration < cfg.iterations:
+        epoch, within = divmod(iteration, iters_per_epoch)
+        if batches is None:
+            sampler.set_epoch(epoch)
+            dataset.set_epoch(epoch)
+            indices = list(sampler)[within * cfg.batch : iters_per_epoch * cfg.batch]
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_size=cfg.batch, sampler=indices, num_workers=cfg.data.workers, drop_last=True
+            )
+            batches = iter(loader)
+        try:
+            blur, sharp = next(batches)
+        except StopIteration:
+            batches = None
+            continue
+        lr = learning_rate(cfg, iteration, iters_per_epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        blur, sharp = blur.to(device, non_blocking=True), sharp.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            output = net(blur)
+        output = type(output)(output.out.float(), [type(s)(*(t.float() for t in s)) for s in output.stages])
+        loss, terms = criterion(output, sharp)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optimizer.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.optimizer.grad_clip)
+        optimizer.step()
+        iteration += 1
+        if within + 1 == iters_per_epoch:
+            batches = None
+        for k in ("total", "rec", "grad", "align"):
+            sums[k] = sums.get(k, 0.0) + terms[k]
+        count += 1
+        if main_process:
+            bar.update(1)
+            bar.set_postfix(loss=f"{terms['total']:.4f}", lr=f"{lr:.2e}")
+            if iteration % cfg.log_every == 0 or iteration == cfg.iterations:
+                log.write(
+                    {"iteration": iteration, "epoch": epoch, "lr": lr, "seconds": round(time.time() - t0, 2)}
+                    | {k: v / count for k, v in sums.items()}
+                )
+                sums, count = {}, 0
+        if iteration % cfg.val_every == 0 or iteration == cfg.iterations:
+            run_validation(iteration)
+        minutes_due = cfg.checkpoint_minutes > 0 and time.time() - last_ckpt_time > 60 * cfg.checkpoint_minutes
+        if main_process and (iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations or minutes_due):
+            save_last(iteration)
+            last_ckpt_time = time.time()
+    if start >= cfg.iterations:  # resumed a finished run: validate once more for the weights' metadata
+        run_validation(iteration)
+    if main_process:
+        bar.close()
+        final = save_model(
+            model,
+            run_dir / "final.safetensors",
+            **metadata,
+            iterations=iteration,
+            val_psnr=last_val["psnr"],
+            val_ssim=last_val["ssim"],
+            val_blurry_psnr=last_val["blurry_psnr"],
+            val_blurry_ssim=last_val["blurry_ssim"],
+        )
+        if cfg.weights_out:
+            Path(cfg.weights_out).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(final, cfg.weights_out)
+        log.close()
+        plot_curves(run_dir / "log.csv", run_dir / "curves.png")
+        print(f"erdn train: done; weights {final}", file=sys.stderr)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return run_dir / "final.safetensors"
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set takes KEY=VALUE (e.g. data.crop=128), got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="erdn train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("config", help="YAML config (see training/configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--restart", action="store_true", help="ignore run_dir/last.ckpt and start from scratch")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    a = p.parse_args(argv)
+    try:
+        cfg = load_config(a.config, parse_overrides(a.set))
+        if a.print_config:
+            import yaml
+
+            print(yaml.safe_dump(asdict(cfg), sort_keys=False))
+            return 0
+        train(cfg, resume=not a.restart)
+    except (ConfigError, CheckpointError, DatasetError) as e:
+        print(f"erdn train: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
