@@ -27,6 +27,7 @@ from . import protocol as P
 PING_TIMEOUT = 2.0  # a live worker answers ping from its I/O thread at once, even while computing
 START_TIMEOUT = 30.0  # autostart: how long to wait for a freshly started worker to answer
 CLOSE_TIMEOUT = 2.0
+LIVENESS_INTERVAL = 3.0  # while waiting for a reply, ping the worker this often to notice its death early
 MAX_PROCESS_ATTEMPTS = 6  # resends after need_frames / session reopen before giving up
 MAX_BUSY_EXTENSIONS = 20  # a process request may wait this many timeouts while the worker is alive and busy
 ENDPOINT_IN_USE = 3  # the worker's exit code when another worker holds the endpoint
@@ -73,7 +74,9 @@ _ERRORS: dict[str, type[WorkerError]] = {
 
 
 class _NoReply(Exception):
-    pass
+    def __init__(self, dead: bool = False) -> None:
+        super().__init__()
+        self.dead = dead  # a ping just went unanswered too
 
 
 def worker_command(endpoint: str, worker_args: list[str] | None = None) -> list[str]:
@@ -185,18 +188,25 @@ class WorkerClient:
         """Send one request and wait for its reply (matched by id); raises _NoReply on timeout."""
         sock = self._socket()
         sock.send_multipart(P.encode(header, buffers), copy=False)
-        deadline = time.monotonic() + timeout
+        now = time.monotonic()
+        deadline = now + timeout
+        next_check = now + LIVENESS_INTERVAL
         extensions = 0
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            now = time.monotonic()
+            if now >= next_check:  # a long wait: make sure the worker is still there (it may have died)
+                if not self._alive():
+                    self._drop_socket()
+                    raise _NoReply(dead=True)
+                next_check = time.monotonic() + LIVENESS_INTERVAL
+            if now >= deadline:
                 if busy_wait and extensions < MAX_BUSY_EXTENSIONS and self._alive():
                     extensions += 1
                     deadline = time.monotonic() + timeout
                     continue
                 self._drop_socket()
                 raise _NoReply()
-            if not sock.poll(int(remaining * 1000) + 1):
+            if not sock.poll(int((min(deadline, next_check) - now) * 1000) + 1):
                 continue
             frames = sock.recv_multipart(copy=False)
             try:
@@ -233,13 +243,13 @@ class WorkerClient:
             f"(or let the client autostart it), and see its log {P.log_path()}"
         )
 
-    def _ensure_worker(self) -> None:
+    def _ensure_worker(self, known_dead: bool = False) -> None:
         if self._ready:
             return
         with self._ready_lock:
             if self._ready:
                 return
-            if not self._alive():
+            if known_dead or not self._alive():
                 if not self.autostart:
                     raise self._unavailable(f"did not answer within {PING_TIMEOUT:g} s (autostart is off)")
                 self._start_worker()
@@ -283,15 +293,17 @@ class WorkerClient:
                  busy_wait: bool = False, **fields: Any) -> tuple[dict, list]:
         """One request -> its ok reply (header, buffers). Error replies raise the mapped WorkerError."""
         timeout = self.timeout if timeout is None else timeout
+        dead = False
         for attempt in range(2):
             if start:
-                self._ensure_worker()
+                self._ensure_worker(known_dead=dead)
             header = P.request(op, self._next_id(), **fields)
             try:
                 reply, bufs = self._exchange(header, arrays or [], timeout, busy_wait)
-            except _NoReply:
+            except _NoReply as e:
                 self._ready = False
-                if attempt == 0 and start and self.autostart and not self._alive():
+                if attempt == 0 and start and self.autostart and (e.dead or not self._alive()):
+                    dead = True
                     continue  # the worker died: start a new one and resend
                 raise self._unavailable(f"did not answer a {op!r} request within {timeout:g} s") from None
             status = reply.get("status")
@@ -342,10 +354,11 @@ class Session:
             if a.shape != shape or a.dtype != dtype:
                 raise ValueError(f"Session.process: frame {i} is {a.dtype} {a.shape}; this session takes "
                                  f"{dtype} {shape}")
+        send_all = need_frames_seen = False
         for _ in range(MAX_PROCESS_ATTEMPTS):
             with self._lock:
                 session_id = self.id
-                to_send = [i for i in dict.fromkeys(window) if i not in self._sent]
+                to_send = [i for i in dict.fromkeys(window) if send_all or i not in self._sent]
                 self._sent.update(to_send)
             arrays = [np.ascontiguousarray(planes[i]) for i in to_send]
             try:
@@ -363,6 +376,9 @@ class Session:
                 raise
             self.bytes_sent += sum(a.nbytes for a in arrays)
             if reply["status"] == "need_frames":
+                # Resend what was evicted; if that happens twice (a cache smaller than one window), send it all.
+                send_all = bool(need_frames_seen)
+                need_frames_seen = True
                 with self._lock:
                     self._sent.difference_update(reply.get("indices", []))
                 continue

@@ -167,7 +167,7 @@ def _int(header: dict, key: str, lo: int, hi: int) -> int:
 
 def _choice(header: dict, key: str, choices: tuple | dict, default: Any = None) -> Any:
     value = header.get(key, default)
-    if value not in choices:
+    if not isinstance(value, str | int) or isinstance(value, bool) or value not in choices:
         raise ProtocolError(BAD_REQUEST, f"'{key}' must be one of {sorted(choices)}, got {value!r}")
     return value
 

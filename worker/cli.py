@@ -25,7 +25,11 @@ def serve_parser() -> argparse.ArgumentParser:
                    help="exit after this many seconds with no open session (0: never; default 300)")
     p.add_argument("--session-timeout", type=float, default=600.0,
                    help="drop a session after this many seconds without requests (default 600)")
-    p.add_argument("--cache-mb", type=int, default=2048, help="byte budget of the frame and stage-1 caches")
+    p.add_argument("--cache-mb", type=float, default=2048,
+                   help="MiB the frame and stage-1 caches may hold, all sessions together (default 2048)")
+    p.add_argument("--manifest", default=None,
+                   help="plugin_manifest.yaml that maps model names to weights (default: $ERDN_MANIFEST, else the "
+                        "one next to the worker package)")
     p.add_argument("--max-sessions", type=int, default=16)
     p.add_argument("--max-pixels", type=int, default=4 * 1920 * 1088,
                    help="pixels one forward call may hold (batch x tile); larger frames are tiled")
@@ -48,10 +52,10 @@ def serve_main(argv: list[str]) -> int:
 
     from .server import EndpointInUse, Server, WorkerConfig
 
-    for name, value in (("--cache-mb", args.cache_mb), ("--max-sessions", args.max_sessions),
+    for name, value in (("--cache-mb", args.cache_mb * 1024), ("--max-sessions", args.max_sessions),
                         ("--max-pixels", args.max_pixels), ("--max-batch", args.max_batch)):
         if value < 1:
-            print(f"erdn worker: {name} must be at least 1", file=sys.stderr)
+            print(f"erdn worker: {name} is too small", file=sys.stderr)
             return 2
     try:
         endpoint = P.check_endpoint(args.endpoint or P.default_endpoint())
@@ -62,7 +66,8 @@ def serve_main(argv: list[str]) -> int:
     config = WorkerConfig(endpoint=endpoint, device=args.device, backend=args.backend,
                           idle_timeout=args.idle_timeout, session_timeout=args.session_timeout,
                           cache_mb=args.cache_mb, max_sessions=args.max_sessions, max_pixels=args.max_pixels,
-                          max_batch=args.max_batch, batch_window_ms=args.batch_window_ms, threads=args.threads)
+                          max_batch=args.max_batch, manifest=args.manifest, batch_window_ms=args.batch_window_ms,
+                          threads=args.threads)
     try:
         return Server(config).serve()
     except EndpointInUse as e:

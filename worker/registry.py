@@ -89,7 +89,9 @@ def resolve(model: str | None, weights: str | None, manifest: Path | None = None
                             "download or train it, or pass weights=PATH")
     digest = file_sha256(path)
     expected = entry.get("sha256")
-    if expected and str(expected).lower() != digest:
+    if expected is not None and not isinstance(expected, str):
+        raise ModelNotFound(f"{manifest}: model {model!r} has sha256 {expected!r}; write it as a quoted string")
+    if expected and expected.lower() != digest:
         raise ModelNotFound(f"model {model!r}: {path} has sha256 {digest}, the manifest says {expected}; "
                             "the file is damaged or replaced: download it again")
     frames = entry.get("frames")

@@ -36,7 +36,8 @@ class WorkerConfig:
     backend: str = "torch"
     idle_timeout: float = 300.0  # exit after this long with no session and no request (0: never)
     session_timeout: float = 600.0  # a session without requests for this long is dropped
-    cache_mb: int = 2048
+    cache_mb: float = 2048
+    manifest: str | None = None
     max_sessions: int = 16
     max_pixels: int = 4 * 1920 * 1088  # per forward call: batch x tile area
     max_batch: int = 8
@@ -132,7 +133,7 @@ class Server:
         finally:
             self.stop.set()
             self.jobs.put(None)
-            compute.join(timeout=10)
+            compute.join(timeout=2)  # a daemon thread: may still be importing torch
             router.close(linger=0)
             replies.close(linger=0)
             self.ctx.term()
@@ -239,7 +240,8 @@ class Server:
         if self.config.threads > 0:
             torch.set_num_threads(self.config.threads)
         c = self.config
-        return SessionManager(backend=c.backend, device=c.device, cache_bytes=c.cache_mb << 20,
+        return SessionManager(backend=c.backend, device=c.device, cache_bytes=int(c.cache_mb * (1 << 20)),
+                              manifest=c.manifest,
                               max_sessions=c.max_sessions, session_timeout=c.session_timeout,
                               max_pixels=c.max_pixels, max_batch=c.max_batch, stats=self.stats)
 

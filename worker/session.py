@@ -21,6 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -153,7 +154,8 @@ class SessionManager:
 
     def __init__(self, *, backend: str = "torch", device: str = "auto", cache_bytes: int = 1 << 30,
                  max_sessions: int = 16, session_timeout: float = 600.0, max_pixels: int = 4 * 1920 * 1088,
-                 max_batch: int = 8, stats: Stats | None = None) -> None:
+                 max_batch: int = 8, manifest: str | None = None, stats: Stats | None = None) -> None:
+        self.manifest = Path(manifest) if manifest else None
         self.backend_kind = backend
         self.default_device = device
         self.cache = ByteLRU(cache_bytes)
@@ -174,7 +176,7 @@ class SessionManager:
             raise P.ProtocolError(P.BUSY, f"this worker already has {len(self.sessions)} open sessions (its "
                                   "--max-sessions); close finished clips or restart it with a larger --max-sessions")
         try:
-            weights = resolve(spec.model, spec.weights)
+            weights = resolve(spec.model, spec.weights, self.manifest)
             device = resolve_device(spec.device, self.default_device)
             precision = resolve_precision(spec.precision, device)
         except ModelNotFound as e:

@@ -1,0 +1,298 @@
+"""The worker process over real ZeroMQ sockets: sessions, the cached cascade, errors, lifecycle."""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+import zmq
+from conftest import worker_env
+
+from erdn_vs import protocol as P
+from erdn_vs.client import ConfigError, ModelError, WorkerClient
+from worker.model import load_model
+
+H, W = 48, 64
+
+
+def clip(n: int, dtype=np.float32, seed: int = 0) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {i: rng.random((3, H, W), dtype=np.float32).astype(dtype) for i in range(n)}
+
+
+def window_of(n: int, length: int, frames: int) -> tuple[int, ...]:
+    r = frames // 2
+    return tuple(min(max(n + k, 0), length - 1) for k in range(-r, r + 1))
+
+
+@functools.cache
+def _model(weights):
+    return load_model(weights)
+
+
+def reference(weights, window, planes) -> np.ndarray:
+    """model(window) computed directly, in this process (one thread: the worker runs beside it)."""
+    x = torch.from_numpy(np.stack([planes[i].astype(np.float32) for i in window]))[None]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            return _model(weights)(x)[0].numpy()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_ping_and_stats(worker_endpoint):
+    with WorkerClient(worker_endpoint, autostart=False) as client:
+        pong = client.ping()
+        assert pong["status"] == "ok" and pong["protocol"] == P.PROTOCOL_VERSION and pong["pid"] > 0
+        stats = client.stats()
+        for key in ("frames_served", "stage1_evals", "stage2_evals", "cache_hits", "cache_misses",
+                    "bytes_received", "queue_depth", "stage1_seconds", "stage2_seconds", "sessions"):
+            assert key in stats
+
+
+def test_in_order_render_equals_model_with_two_evals_per_frame(worker_endpoint, tiny_weights):
+    length = 8
+    planes = clip(length)
+    with WorkerClient(worker_endpoint, autostart=False) as client:
+        before = client.stats()
+        with client.open_session(frames=5, width=W, height=H, sample_type="float",
+                                 weights=str(tiny_weights[5])) as session:
+            outs = [session.process(n, window_of(n, length, 5), planes) for n in range(length)]
+            sent = session.bytes_sent
+        after = client.stats()
+    for n, out in enumerate(outs):
+        assert out.shape == (3, H, W) and out.dtype == np.float32
+        ref = reference(tiny_weights[5], window_of(n, length, 5), planes)
+        assert np.abs(out - ref).max() <= 1e-5
+    s1 = after["stage1_evals"] - before["stage1_evals"]
+    s2 = after["stage2_evals"] - before["stage2_evals"]
+    # Unique triplets of the 8 edge-clamped windows: (0,0,0), (0,0,1), (0,1,2), ..., (5,6,7), (6,7,7), (7,7,7).
+    assert (s1, s2) == (length + 2, length)
+    assert after["frames_served"] - before["frames_served"] == length
+    assert after["cache_hits"] - before["cache_hits"] == 3 * length - s1
+    # Every source frame crosses the wire once.
+    assert sent == length * 3 * H * W * 4
+    assert after["bytes_received"] - before["bytes_received"] == sent
+
+
+def test_frames3_and_half_samples(worker_endpoint, tiny_weights):
+    planes = clip(4, np.float16, seed=1)
+    with WorkerClient(worker_endpoint, autostart=False) as client:
+        with client.open_session(frames=3, width=W, height=H, sample_type="half",
+                                 weights=str(tiny_weights[3])) as session:
+            for n in range(4):
+                out = session.process(n, window_of(n, 4, 3), planes)
+                ref = reference(tiny_weights[3], window_of(n, 4, 3), planes)
+                assert np.abs(out - ref).max() <= 1e-5
+
+
+def test_scene_cut_windows_are_cached_by_their_indices(worker_endpoint, tiny_weights):
+    """A window with repeated indices (a scene cut) gets exactly model(window), never a neighbour's result."""
+    planes = clip(6, seed=2)
+    windows = [(0, 1, 2, 3, 4), (1, 2, 3, 3, 3), (1, 2, 3, 4, 5), (3, 3, 3, 4, 5)]
+    with WorkerClient(worker_endpoint, autostart=False) as client:
+        with client.open_session(frames=5, width=W, height=H, sample_type="float",
+                                 weights=str(tiny_weights[5])) as session:
+            for n, w in enumerate(windows):
+                assert np.abs(session.process(n, w, planes) - reference(tiny_weights[5], w, planes)).max() <= 1e-5
+
+
+def test_concurrent_threads_get_correct_frames(worker_endpoint, tiny_weights):
+    length = 6
+    planes = clip(length, seed=3)
+    results: dict[int, np.ndarray] = {}
+    errors: list[Exception] = []
+    with WorkerClient(worker_endpoint, autostart=False) as client:
+        session = client.open_session(frames=5, width=W, height=H, sample_type="float", weights=str(tiny_weights[5]))
+
+        def render(ns):
+            try:
+                for n in ns:
+                    results[n] = session.process(n, window_of(n, length, 5), planes)
+            except Exception as e:  # reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=render, args=(range(k, length, 3),)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        session.close()
+    assert not errors
+    for n in range(length):
+        assert np.abs(results[n] - reference(tiny_weights[5], window_of(n, length, 5), planes)).max() <= 1e-5
+
+
+def raw_request(endpoint: str, parts: list[bytes]) -> dict:
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        sock.send_multipart(parts)
+        assert sock.poll(10_000), "the worker did not answer a bad message"
+        return json.loads(sock.recv_multipart()[0])
+    finally:
+        sock.close()
+
+
+def header(**fields) -> bytes:
+    return json.dumps({"v": P.PROTOCOL_VERSION, "id": 5, **fields}).encode()
+
+
+@pytest.mark.parametrize("parts, code", [
+    ([b"garbage"], P.BAD_REQUEST),
+    ([b"[1]"], P.BAD_REQUEST),
+    ([json.dumps({"v": 0, "op": "ping", "id": 1}).encode()], P.VERSION_MISMATCH),
+    ([header(op="reboot")], P.BAD_REQUEST),
+    ([header(op="ping"), b"extra"], P.BAD_REQUEST),
+    ([header(op="process", session="nosuch", n=0, window=[0, 1, 2, 3, 4], buffers=[])], P.UNKNOWN_SESSION),
+    ([header(op="open_session", frames=5, width=64, height=48, sample_type="float")], P.BAD_REQUEST),
+    ([header(op="close_session", session="a/b")], P.BAD_REQUEST),
+])
+def test_bad_messages_get_error_replies_and_the_worker_goes_on(worker_endpoint, parts, code):
+    reply = raw_request(worker_endpoint, parts)
+    assert reply["status"] == "error" and reply["code"] == code and reply["message"]
+    with WorkerClient(worker_endpoint, autostart=False) as client:
+        assert client.ping()["status"] == "ok"
+
+
+def test_process_with_wrong_buffer_size_is_refused(worker_endpoint, tiny_weights):
+    with WorkerClient(worker_endpoint, autostart=False) as client:
+        session = client.open_session(frames=5, width=W, height=H, sample_type="float", weights=str(tiny_weights[5]))
+        desc = {"index": 0, "shape": [3, H, W], "dtype": "float32"}
+        reply = raw_request(worker_endpoint, [header(op="process", session=session.id, n=0, window=[0, 0, 0, 1, 2],
+                                                     buffers=[desc]), b"\0" * 100])
+        assert reply["code"] == P.BAD_REQUEST and "bytes" in reply["message"]
+        planes = clip(3)
+        assert session.process(0, (0, 0, 0, 1, 2), planes).shape == (3, H, W)  # still serving
+        session.close()
+
+
+def test_open_session_errors_are_clear(worker_endpoint, tiny_weights, tmp_path):
+    with WorkerClient(worker_endpoint, autostart=False) as client:
+        with pytest.raises(ModelError, match="does not exist"):
+            client.open_session(frames=5, width=W, height=H, sample_type="float", weights=str(tmp_path / "no.st"))
+        with pytest.raises(ModelError, match="frames=3"):
+            client.open_session(frames=5, width=W, height=H, sample_type="float", weights=str(tiny_weights[3]))
+        junk = tmp_path / "junk.safetensors"
+        junk.write_bytes(b"not weights")
+        with pytest.raises(ModelError, match="not a safetensors"):
+            client.open_session(frames=5, width=W, height=H, sample_type="float", weights=str(junk))
+        if not torch.cuda.is_available():
+            with pytest.raises(ConfigError, match="no CUDA"):
+                client.open_session(frames=5, width=W, height=H, sample_type="float", weights=str(tiny_weights[5]),
+                                    device="cuda")
+        with pytest.raises(ConfigError, match="needs a CUDA"):
+            client.open_session(frames=5, width=W, height=H, sample_type="float", weights=str(tiny_weights[5]),
+                                device="cpu", precision="fp16")
+        with pytest.raises(ValueError, match="sample_type"):
+            client.open_session(frames=5, width=W, height=H, sample_type="int", weights=str(tiny_weights[5]))
+
+
+@pytest.fixture(scope="module")
+def small_worker(isolated_runtime_dir, tiny_weights, tmp_path_factory):
+    """A worker with a model manifest and a cache of 0.1 MiB (two 64x48 float32 tensors)."""
+    import shutil
+
+    from conftest import new_endpoint, spawn_worker, stop_worker
+
+    from worker.registry import file_sha256
+
+    tmp_path = tmp_path_factory.mktemp("manifest")
+    shutil.copy(tiny_weights[5], tmp_path / "good.safetensors")
+    shutil.copy(tiny_weights[5], tmp_path / "bad.safetensors")
+    digest = file_sha256(tmp_path / "good.safetensors")
+    manifest = tmp_path / "plugin_manifest.yaml"
+    manifest.write_text(
+        "models:\n"
+        f"  - {{name: good, file: good.safetensors, sha256: {digest}, preset: tiny, frames: 5}}\n"
+        f"  - {{name: bad, file: bad.safetensors, sha256: '{'0' * 64}', preset: tiny, frames: 5}}\n"
+    )
+    endpoint = new_endpoint(isolated_runtime_dir, "small")
+    proc = spawn_worker(endpoint, "--manifest", str(manifest), "--cache-mb", "0.1")
+    yield endpoint
+    stop_worker(proc)
+
+
+def test_manifest_models_and_sha256(small_worker, tiny_weights):
+    endpoint = small_worker
+    planes = clip(3)
+    with WorkerClient(endpoint, autostart=False) as client:
+        with client.open_session(frames=5, width=W, height=H, sample_type="float", model="good") as session:
+            out = session.process(0, (0, 0, 0, 1, 2), planes)
+            assert np.abs(out - reference(tiny_weights[5], (0, 0, 0, 1, 2), planes)).max() <= 1e-5
+        with pytest.raises(ModelError, match="sha256"):
+            client.open_session(frames=5, width=W, height=H, sample_type="float", model="bad")
+        with pytest.raises(ModelError, match="known models"):
+            client.open_session(frames=5, width=W, height=H, sample_type="float", model="nosuch")
+        with pytest.raises(ModelError, match="frames=5"):
+            client.open_session(frames=3, width=W, height=H, sample_type="float", model="good")
+
+
+def test_eviction_answers_need_frames_and_the_client_recovers(small_worker, tiny_weights):
+    # 0.1 MiB holds two 64x48 float32 tensors: almost every request finds its frames evicted.
+    endpoint = small_worker
+    length = 6
+    planes = clip(length, seed=4)
+    with WorkerClient(endpoint, autostart=False) as client:
+        with client.open_session(frames=5, width=W, height=H, sample_type="float",
+                                 weights=str(tiny_weights[5])) as session:
+            order = [0, 1, 2, 5, 0, 3]
+            outs = [session.process(n, window_of(n, length, 5), planes) for n in order]
+        stats = client.stats()
+    assert stats["need_frames_replies"] > 0 and stats["cache_evictions"] > 0
+    assert stats["cache_bytes"] <= 0.1 * 2**20
+    for n, out in zip(order, outs, strict=True):
+        assert np.abs(out - reference(tiny_weights[5], window_of(n, length, 5), planes)).max() <= 1e-5
+
+
+def test_tiled_session_matches_untiled(worker_endpoint, tiny_weights):
+    planes = clip(5, seed=5)
+    window = (0, 1, 2, 3, 4)
+    with WorkerClient(worker_endpoint, autostart=False) as client:
+        kwargs = dict(frames=5, width=W, height=H, sample_type="float", weights=str(tiny_weights[5]))
+        with client.open_session(**kwargs) as whole, client.open_session(**kwargs, tile=(40, 32), overlap=16) as tiled:
+            assert tiled.info["tile"] == [32, 40]
+            a = whole.process(2, window, planes)
+            b = tiled.process(2, window, planes)
+    diff = np.abs(a - b)
+    # Tiles see less context than the whole frame, so they differ a little; the tiny random model has a wide
+    # receptive field relative to 64x48, so this is a loose bound (see the report for measured numbers).
+    assert diff.mean() < 0.02 and diff.max() < 0.25
+
+
+def test_one_worker_per_endpoint_and_sigterm_shuts_down_cleanly(start_worker):
+    endpoint, proc = start_worker()
+    second = subprocess.run([sys.executable, "-m", "worker", "--endpoint", endpoint], env=worker_env(),
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode == 3 and f"pid {proc.pid}" in second.stderr
+    with WorkerClient(endpoint, autostart=False) as client:
+        assert client.ping()["pid"] == proc.pid
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    assert not P.ipc_path(endpoint).exists()
+    assert proc.stdout.read() == b""  # nothing on stdout, ever
+
+
+def test_idle_timeout_and_cli_status_stop(start_worker):
+    endpoint, proc = start_worker("--idle-timeout", "2")
+    status = subprocess.run([sys.executable, "-m", "worker", "status", "--endpoint", endpoint], env=worker_env(),
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0 and json.loads(status.stdout)["pid"] == proc.pid
+    t0 = time.monotonic()
+    assert proc.wait(timeout=20) == 0  # exits by itself: no session, no request
+    assert time.monotonic() - t0 < 15
+    stopped = subprocess.run([sys.executable, "-m", "worker", "stop", "--endpoint", endpoint], env=worker_env(),
+                             capture_output=True, text=True, timeout=60)
+    assert stopped.returncode == 1 and f"erdn worker --endpoint {endpoint}" in stopped.stderr
