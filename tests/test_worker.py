@@ -296,3 +296,88 @@ def test_idle_timeout_and_cli_status_stop(start_worker):
     stopped = subprocess.run([sys.executable, "-m", "worker", "stop", "--endpoint", endpoint], env=worker_env(),
                              capture_output=True, text=True, timeout=60)
     assert stopped.returncode == 1 and f"erdn worker --endpoint {endpoint}" in stopped.stderr
+
+
+# ---------------------------------------------------------------- in-process parts (real model, real onnxruntime)
+
+
+def test_tiling_blends_exactly_for_a_local_stage():
+    """With a per-pixel stage, overlapping tiles blended by the feathered weights reproduce the whole frame."""
+    from worker.tiling import plan_tile, run_tiled
+
+    x = torch.rand(2, 3, 3, 40, 56)
+
+    def stage(t):
+        return t[:, 0] * 0.5 + t[:, 1] * t[:, 2]
+
+    for tile, overlap in [((16, 24), 8), ((24, 16), 0), ((40, 56), 16), ((32, 16), 15)]:
+        torch.testing.assert_close(run_tiled(stage, x, tile, overlap), stage(x), atol=1e-6, rtol=0)
+    assert plan_tile((1088, 1920), None, 16, 4 * 1920 * 1088) is None
+    th, tw = plan_tile((2160, 3840), None, 16, 1920 * 1088)
+    assert th * tw <= 1920 * 1088 and th % 8 == 0 and tw % 8 == 0
+    assert plan_tile((48, 64), (40, 32), 16, 10**9) == (32, 40)
+
+
+def test_one_batch_computes_shared_stage1_once(tiny_weights):
+    """Concurrent requests in one batch: each distinct triplet runs once, and results equal model(window)."""
+    from worker.session import SessionManager
+
+    manager = SessionManager(device="cpu", cache_bytes=1 << 26)
+    info = manager.open(P.SessionSpec(5, W, H, "float", weights=str(tiny_weights[5])).to_header())
+    planes = clip(6, seed=6)
+    replies: dict[int, tuple] = {}
+    items = []
+    for n in (2, 3):  # windows (0..4) and (1..5) share the triplets (1,2,3) and (2,3,4)
+        window = window_of(n, 6, 5)
+        head = P.request("process", n, session=info["session"], n=n, window=list(window),
+                         buffers=[P.frame_descriptor(i, planes[i]) for i in window])
+        items.append((head, [memoryview(planes[i]) for i in window], lambda r, n=n: replies.__setitem__(n, r)))
+    manager.process_batch(items)
+    stats = manager.stats.snapshot()
+    assert (stats["stage1_evals"], stats["stage2_evals"], stats["batches"]) == (4, 2, 1)
+    for n in (2, 3):
+        header, buffers = replies[n]
+        assert header["status"] == "ok"
+        out = buffers[0]
+        assert np.abs(out - reference(tiny_weights[5], window_of(n, 6, 5), planes)).max() <= 1e-5
+
+
+def test_onnx_backend_matches_torch(tiny_weights):
+    from worker.backends import OnnxBackend, TorchBackend
+    from worker.registry import resolve
+
+    weights = resolve(None, str(tiny_weights[5]))
+    cpu = torch.device("cpu")
+    onnx_backend, torch_backend = OnnxBackend(weights, cpu, "fp32"), TorchBackend(weights, cpu, "fp32")
+    x = torch.rand(2, 3, 3, H, W)
+    for stage in ("stage1", "stage2"):
+        a, b = getattr(torch_backend, stage)(x), getattr(onnx_backend, stage)(x)
+        assert a.shape == b.shape == (2, 3, H, W)
+        assert (a - b).abs().max().item() <= 1e-5
+
+
+@pytest.mark.slow
+def test_onnx_worker_session_matches_model(start_worker, tiny_weights):
+    """The whole path with --backend onnx (graphs exported once into the per-user cache, keyed by sha256)."""
+    endpoint, _ = start_worker("--backend", "onnx")
+    planes = clip(5, seed=7)
+    with WorkerClient(endpoint, autostart=False, timeout=60) as client:
+        with client.open_session(frames=5, width=W, height=H, sample_type="float",
+                                 weights=str(tiny_weights[5])) as session:
+            assert session.info["backend"] == "onnx"
+            for n in range(3):
+                out = session.process(n, window_of(n, 5, 5), planes)
+                assert np.abs(out - reference(tiny_weights[5], window_of(n, 5, 5), planes)).max() <= 1e-5
+
+
+def test_client_checks_its_arguments(worker_endpoint, tiny_weights):
+    with WorkerClient(worker_endpoint, autostart=False) as client:
+        with client.open_session(frames=5, width=W, height=H, sample_type="float",
+                                 weights=str(tiny_weights[5])) as session:
+            planes = clip(5)
+            with pytest.raises(ValueError, match="5 source indices"):
+                session.process(0, (0, 1, 2), planes)
+            with pytest.raises(ValueError, match="no frame for source index 7"):
+                session.process(0, (0, 1, 2, 3, 7), planes)
+            with pytest.raises(ValueError, match="this session takes"):
+                session.process(0, (0, 1, 2, 3, 4), {i: a.astype(np.float16) for i, a in planes.items()})

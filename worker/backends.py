@@ -164,13 +164,15 @@ def exported_graphs(weights: ResolvedWeights) -> tuple[list[Path], int]:
             from .export import export_stages
         except ImportError as e:
             raise BackendError(f"the onnx backend needs worker.export ({e}); use --backend torch") from None
-        tmp = out_dir.with_name(out_dir.name + f".partial-{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        export_stages(weights.path, tmp)
-        tmp.replace(out_dir) if not out_dir.exists() else None
-        if tmp.exists():  # another worker exported it first
-            import shutil
+        import shutil
 
+        # Export beside the cache entry, then move it in whole: a crash never leaves half a graph there.
+        tmp = out_dir.with_name(out_dir.name + f".partial-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        export_stages(weights.path, tmp)
+        try:
+            tmp.replace(out_dir)
+        except OSError:  # another worker exported the same weights first: keep theirs
             shutil.rmtree(tmp, ignore_errors=True)
     missing = [p for p in paths if not p.is_file()]
     if missing:
