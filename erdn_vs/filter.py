@@ -12,6 +12,7 @@ script (vspipe --info, a vspreview reload) costs nothing until frames are wanted
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from . import formats, windows
 from .manifest import ManifestError, load_manifest
 
 PREFIX = "erdn_vs.deblur: "
+RETRY_AFTER_S = 5.0  # a failed session open is reported as is to frame requests within this time
 
 
 def deblur(
@@ -139,6 +141,7 @@ class _Restorer:
         self._lock = threading.Lock()
         # Held in a list the finalizer can reach without keeping ``self`` alive.
         self._open: list = []  # [client, session] once opened
+        self._failure: tuple[float, Exception] | None = None  # (when, error) of the last failed open
         weakref.finalize(self, _close, self._open)
 
     def process(self, n: int, window: tuple[int, ...], planes: dict) -> Any:
@@ -153,17 +156,28 @@ class _Restorer:
         if self._open:
             return self._open[1]
         with self._lock:
-            if not self._open:
-                from .client import WorkerClient, WorkerError
+            if self._open:
+                return self._open[1]
+            # VapourSynth runs Python frame callbacks one at a time and vspipe has several frames
+            # in flight: without this, each would wait out its own connection timeout in turn.
+            # Requests a little later (after the user started the worker) try again.
+            if self._failure is not None and time.monotonic() - self._failure[0] < RETRY_AFTER_S:
+                raise self._failure[1]
+            from .client import WorkerClient, WorkerError
 
+            try:
                 client = WorkerClient(**self._client_args)
-                try:
-                    session = client.open_session(**self._session_args)
-                except (WorkerError, ValueError):
-                    client.close()
-                    raise
-                self._open.extend([client, session])
-        return self._open[1]
+            except ValueError as e:
+                self._failure = (time.monotonic(), e)
+                raise
+            try:
+                session = client.open_session(**self._session_args)
+            except (WorkerError, ValueError) as e:
+                client.close()
+                self._failure = (time.monotonic(), e)
+                raise
+            self._open.extend([client, session])
+            return session
 
 
 def _close(opened: list) -> None:
