@@ -374,7 +374,8 @@ class Session:
                 with self._lock:
                     self._sent.difference_update(to_send)  # unknown whether they arrived
                 raise
-            self.bytes_sent += sum(a.nbytes for a in arrays)
+            with self._lock:
+                self.bytes_sent += sum(a.nbytes for a in arrays)
             if reply["status"] == "need_frames":
                 # Resend what was evicted; if that happens twice (a cache smaller than one window), send it all.
                 send_all = bool(need_frames_seen)

@@ -54,6 +54,7 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_autostart_starts_one_worker_and_restarts_a_dead_one(isolated_runtime_dir, tiny_weights):
     endpoint = new_endpoint(isolated_runtime_dir, "auto")
     args = ["--threads", "1", "--idle-timeout", "30"]

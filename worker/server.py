@@ -133,10 +133,13 @@ class Server:
         finally:
             self.stop.set()
             self.jobs.put(None)
-            compute.join(timeout=2)  # a daemon thread: may still be importing torch
+            compute.join(timeout=2)
             router.close(linger=0)
             replies.close(linger=0)
-            self.ctx.term()
+            if compute.is_alive():  # still importing torch or inside a long stage: it is a daemon, leave it
+                log.warning("compute thread still busy; exiting without waiting for it")
+            else:
+                self.ctx.term()
             if path is not None and path.exists():
                 path.unlink(missing_ok=True)
             self._lock_file.close()
@@ -203,14 +206,15 @@ class Server:
             manager = None
         self.ready.set()
         window = self.config.batch_window_ms / 1000
+        last_expiry = time.monotonic()
         try:
             while not self.stop.is_set():
+                if manager is not None and time.monotonic() - last_expiry > 5:
+                    manager.expire()
+                    last_expiry = time.monotonic()
                 try:
                     job = self.jobs.get(timeout=1.0)
                 except queue.Empty:
-                    if manager is not None:
-                        manager.expire()
-                        manager._publish_sessions()
                     continue
                 if job is None:
                     break

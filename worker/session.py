@@ -207,14 +207,14 @@ class SessionManager:
         tile = plan_tile(padded_hw, spec.tile, spec.overlap, self.max_pixels)
         session = WorkerSession(secrets.token_hex(8), spec, backend, tile, padded_hw)
         self.sessions[session.id] = session
-        self._publish_sessions()
+        self.publish_sessions()
         log.info("opened session %s: %s", session.id, session.describe())
         return session.describe()
 
     def close(self, session_id: str) -> bool:
         session = self.sessions.pop(session_id, None)
         self.cache.drop_session(session_id)
-        self._publish_sessions()
+        self.publish_sessions()
         return session is not None
 
     def expire(self) -> None:
@@ -224,7 +224,7 @@ class SessionManager:
             log.info("session %s expired after %.0f s without requests", sid, self.session_timeout)
             self.close(sid)
 
-    def _publish_sessions(self) -> None:
+    def publish_sessions(self) -> None:
         with self.stats.lock:
             self.stats.sessions = {s.id: s.describe() for s in self.sessions.values()}
             self.stats.cache_bytes = self.cache.bytes
@@ -358,4 +358,4 @@ class SessionManager:
             job.session.frames_served += 1
             job.reply((P.reply_ok(None, shape=list(frame.shape), dtype="float32", n=job.request.n), [frame]))
         self.stats.add(frames_served=len(jobs))
-        self._publish_sessions()
+        self.publish_sessions()
