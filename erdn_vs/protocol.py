@@ -51,6 +51,7 @@ MAX_OVERLAP = 256
 MIN_TILE = 32
 
 ENDPOINT_ENV = "ERDN_WORKER_ENDPOINT"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
 class ProtocolError(ValueError):
@@ -106,6 +107,12 @@ def check_endpoint(endpoint: str) -> str:
             raise ValueError(f"ipc endpoint path is too long for a unix socket (max ~100 bytes): {endpoint}")
         return endpoint
     if endpoint.startswith("tcp://") and ":" in endpoint[len("tcp://"):]:
+        host, _, port = endpoint[len("tcp://"):].rpartition(":")
+        if host not in LOOPBACK_HOSTS:
+            # No authentication or encryption on the wire, and a session names files the worker reads.
+            raise ValueError(f"endpoint {endpoint!r}: the worker only listens on loopback (tcp://127.0.0.1:PORT)")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"endpoint {endpoint!r}: the port must be a number from 1 to 65535")
         return endpoint
     raise ValueError(f"endpoint {endpoint!r} must look like ipc:///path/to/socket or tcp://127.0.0.1:PORT")
 

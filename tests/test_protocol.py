@@ -156,7 +156,8 @@ def test_default_endpoint_env_override(monkeypatch):
     assert P.default_endpoint() == "tcp://127.0.0.1:5599"
 
 
-@pytest.mark.parametrize("bad", ["", "http://x", "ipc://", "tcp://localhost", "ipc://" + "x" * 120])
+@pytest.mark.parametrize("bad", ["", "http://x", "ipc://", "tcp://localhost", "ipc://" + "x" * 120,
+                                 "tcp://0.0.0.0:5555", "tcp://192.168.1.2:5555", "tcp://127.0.0.1:http"])
 def test_check_endpoint_rejects(bad):
     with pytest.raises(ValueError, match="endpoint"):
         P.check_endpoint(bad)

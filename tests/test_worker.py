@@ -285,13 +285,16 @@ def test_one_worker_per_endpoint_and_sigterm_shuts_down_cleanly(start_worker):
     assert proc.stdout.read() == b""  # nothing on stdout, ever
 
 
-def test_idle_timeout_and_cli_status_stop(start_worker):
-    endpoint, proc = start_worker("--idle-timeout", "2")
+def test_session_expiry_idle_timeout_and_cli_status_stop(start_worker, tiny_weights):
+    endpoint, proc = start_worker("--idle-timeout", "2", "--session-timeout", "1")
+    client = WorkerClient(endpoint, autostart=False)
+    client.open_session(frames=5, width=W, height=H, sample_type="float", weights=str(tiny_weights[5]))
+    client.close()  # a vanished client: its session is never closed
     status = subprocess.run([sys.executable, "-m", "worker", "status", "--endpoint", endpoint], env=worker_env(),
                             capture_output=True, text=True, timeout=60)
     assert status.returncode == 0 and json.loads(status.stdout)["pid"] == proc.pid
     t0 = time.monotonic()
-    assert proc.wait(timeout=20) == 0  # exits by itself: no session, no request
+    assert proc.wait(timeout=20) == 0  # the session expires, then the worker exits by itself
     assert time.monotonic() - t0 < 15
     stopped = subprocess.run([sys.executable, "-m", "worker", "stop", "--endpoint", endpoint], env=worker_env(),
                              capture_output=True, text=True, timeout=60)

@@ -209,7 +209,7 @@ class Server:
         last_expiry = time.monotonic()
         try:
             while not self.stop.is_set():
-                if manager is not None and time.monotonic() - last_expiry > 5:
+                if manager is not None and time.monotonic() - last_expiry > 1:
                     manager.expire()
                     last_expiry = time.monotonic()
                 try:
