@@ -188,3 +188,36 @@ def test_bad_weights_file_gives_one_clear_error(tmp_path, capsys) -> None:
     assert err.startswith("erdn export: ") and "erdn convert" in err
     assert export_main([str(tmp_path / "missing.safetensors"), "--onnx", str(tmp_path / "out")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_window_graph_runs_in_vs_mlrt(deformconv_export) -> None:
+    """vs-mlrt's onnxruntime filter (plugin ort) takes window.onnx as laid out: T RGBS clips in, one out."""
+    vs = pytest.importorskip("vapoursynth")
+    core = vs.core
+    if not hasattr(core, "ort"):
+        pytest.skip("vapoursynth-mlrt-ort is not installed")
+    model = deformconv_export.model
+    h, w = 21, 35
+    frames = np.random.default_rng(0).random((model.frames, 3, h, w), dtype=np.float32)
+
+    def clip_of(rgb: np.ndarray):
+        blank = core.std.BlankClip(format=vs.RGBS, width=w, height=h, length=1)
+
+        def fill(n, f):
+            out = f.copy()
+            for plane in range(3):
+                np.asarray(out[plane])[:] = rgb[plane]
+            return out
+
+        return core.std.ModifyFrame(blank, blank, fill)
+
+    out = core.ort.Model(
+        [clip_of(f) for f in frames], network_path=str(deformconv_export.out / "window.onnx"), provider="CPU"
+    )
+    frame = out.get_frame(0)
+    y = np.stack([np.asarray(frame[p]) for p in range(3)])
+    with torch.no_grad():
+        ref = model(torch.from_numpy(frames)[None])[0].numpy()
+    assert (out.width, out.height) == (w, h)
+    assert np.abs(y - ref).max() <= TOL
