@@ -40,6 +40,7 @@ def deblur(
     scene_change: bool = True,
     autostart: bool = True,
     timeout: float = 60.0,
+    batch: int = 2,
 ) -> vs.VideoNode:
     """Deblur ``clip`` with ERDN on the persistent worker.
 
@@ -52,7 +53,7 @@ def deblur(
         args = load_manifest().check_arguments("deblur", {
             "clip": clip, "model": model, "weights": weights, "frames": frames, "tile": tile,
             "overlap": overlap, "device": device, "precision": precision, "endpoint": endpoint,
-            "scene_change": scene_change, "autostart": autostart, "timeout": timeout,
+            "scene_change": scene_change, "autostart": autostart, "timeout": timeout, "batch": batch,
         })
         formats.check_clip(clip)
         model, weights = _choose_model(args["model"], args["weights"], args["frames"])
@@ -92,7 +93,21 @@ def deblur(
         formats.write_array(out, restored)
         return out
 
-    restored = core.std.ModifyFrame(blank, [blank, *neighbours], restore_frame)
+    # VapourSynth runs one Python callback of a filter instance at a time (measured: four 0.5 s
+    # callbacks take 2.0 s with 2 or 4 threads). To have up to ``batch`` requests in flight, so the
+    # worker can batch them and overlap its compute with our conversions, the clip is split into
+    # ``batch`` interleaved parts, each with its own ModifyFrame.
+    parts = min(args["batch"], length)
+
+    def every(c: vs.VideoNode, i: int) -> vs.VideoNode:
+        return c if parts == 1 else core.std.SelectEvery(c, parts, i, modify_duration=False)
+
+    def part_callback(i: int):
+        return lambda n, f: restore_frame(n * parts + i, f)
+
+    pieces = [core.std.ModifyFrame(every(blank, i), [every(c, i) for c in (blank, *neighbours)], part_callback(i))
+              for i in range(parts)]
+    restored = pieces[0] if parts == 1 else core.std.Interleave(pieces, extend=True, modify_duration=False)[:length]
     out = formats.from_rgb(restored, clip, colour)
     return core.std.CopyFrameProps(out, clip)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,8 @@ class Recorder:
         self.closed = 0
         self.fail_with: Exception | None = None
         self.attempts = 0
+        self.delay = 0.0
+        self.in_flight = self.max_in_flight = 0
 
 
 @pytest.fixture
@@ -44,6 +47,11 @@ def recorder(monkeypatch):
         def process(self, n, window, planes):
             with rec.lock:
                 rec.calls[n] = (tuple(window), {k: v.copy() for k, v in planes.items()})
+                rec.in_flight += 1
+                rec.max_in_flight = max(rec.max_in_flight, rec.in_flight)
+            time.sleep(rec.delay)
+            with rec.lock:
+                rec.in_flight -= 1
             return planes[window[len(window) // 2]].astype(np.float32)  # identity on the centre frame
 
         def close(self):
@@ -85,10 +93,12 @@ def rgb_frames(src: vs.VideoNode) -> list[np.ndarray]:
     (5, 4, False, {0: (0, 0, 0, 1, 2), 4: (2, 3, 4, 5, 6), 5: (3, 4, 5, 6, 7), 9: (7, 8, 9, 9, 9)}),
     (3, 4, True, {0: (0, 0, 1), 4: (3, 4, 4), 5: (5, 5, 6), 9: (8, 9, 9)}),
 ])
-def test_windows_and_frames_sent(recorder, weights, frames, cut, scene_change, expected):
+@pytest.mark.parametrize("batch", [1, 3])
+def test_windows_and_frames_sent(recorder, weights, frames, cut, scene_change, expected, batch):
     src = vpy_clips.pattern_clip(vs.RGB24, 10, 32, 24, cut)
     out = deblur(src, weights=weights, frames=frames, scene_change=scene_change, endpoint="ipc:///x/y.sock",
-                 tile=(64, 32), precision="fp32")
+                 tile=(64, 32), precision="fp32", batch=batch)
+    assert out.num_frames == 10 and out.fps == src.fps
     for n in range(out.num_frames):
         out.get_frame(n)
     assert len(recorder.opened) == 1  # one session per clip, opened on first use
@@ -126,6 +136,18 @@ def test_identity_session_round_trips_format_and_props(recorder, weights, fmt):
             np.testing.assert_array_equal(np.asarray(got[p]), np.asarray(expected.get_frame(n)[p]))
     deep = src.format.bits_per_sample > 10 and src.format.bits_per_sample != 16 or fmt == vs.YUV444P16
     assert recorder.opened[0]["sample_type"] == ("float" if deep else "half")
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_batch_requests_in_flight(recorder, weights, batch):
+    if core.num_threads < batch:
+        pytest.skip(f"VapourSynth has {core.num_threads} thread(s)")
+    recorder.delay = 0.2
+    out = deblur(vpy_clips.pattern_clip(vs.YUV420P8, 6, 32, 24), weights=weights, batch=batch)
+    for future in [out.get_frame_async(n) for n in range(6)]:
+        future.result()
+    assert recorder.max_in_flight == batch
+    assert sorted(recorder.calls) == list(range(6))
 
 
 def test_session_closes_when_the_clip_goes_away(recorder, weights):
