@@ -112,6 +112,20 @@ def deblur(
     return core.std.CopyFrameProps(out, clip)
 
 
+def _document_parameters() -> None:
+    """Append the manifest's parameter table to deblur's docstring, for help(erdn_vs.deblur)."""
+    try:
+        params = load_manifest().functions["deblur"]
+    except (ManifestError, KeyError):
+        return  # deblur() itself reports the broken manifest
+    lines = [f"        {p.name} ({p.type}{', default ' + repr(p.default) if not p.required else ''}): {p.doc}"
+             for p in params]
+    deblur.__doc__ = (deblur.__doc__ or "") + "\n    Parameters:\n" + "\n".join(lines) + "\n"
+
+
+_document_parameters()
+
+
 def _choose_model(model: str | None, weights: str | None, frames: int) -> tuple[str | None, str | None]:
     """Exactly one of (manifest model name, absolute weights path), checked against ``frames``."""
     manifest = load_manifest()
