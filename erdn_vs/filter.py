@@ -11,6 +11,7 @@ script (vspipe --info, a vspreview reload) costs nothing until frames are wanted
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import weakref
@@ -135,6 +136,9 @@ def _choose_model(model: str | None, weights: str | None, frames: int) -> tuple[
         path = Path(weights).expanduser().resolve()
         if not path.is_file():
             raise ValueError(f"weights file {path} does not exist; pass the path of an erdn-vs .safetensors file")
+        declared = _weights_frames(path)
+        if declared is not None and declared != frames:
+            raise ValueError(f"{path} is a frames={declared} model; pass frames={declared}")
         return None, str(path)  # absolute: the worker has its own working directory
     if model is None:
         if not manifest.models:
@@ -145,6 +149,22 @@ def _choose_model(model: str | None, weights: str | None, frames: int) -> tuple[
     if entry.frames != frames:
         raise ValueError(f"model {model!r} takes frames={entry.frames}; pass frames={entry.frames}")
     return model, None
+
+
+def _weights_frames(path: Path) -> int | None:
+    """The ``frames`` a safetensors weights file records in its header, read without torch.
+
+    None when the header cannot be read that way: the worker then reports what is wrong.
+    """
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= 1 << 24:
+                return None
+            header = json.loads(f.read(size))
+        return int(header["__metadata__"]["frames"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _shifted(clip: vs.VideoNode, offset: int) -> vs.VideoNode:
