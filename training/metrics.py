@@ -54,6 +54,8 @@ def ssim(a: np.ndarray, b: np.ndarray, border: int = CROP_BORDER) -> float:
     y = crop_border(b, border).astype(np.float64)
     if x.ndim == 2:
         x, y = x[..., None], y[..., None]
+    if min(x.shape[:2]) < 11:
+        raise ValueError(f"SSIM needs images of at least 11x11 after cropping {border} border pixels, got {a.shape}")
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     k = _gaussian_1d()
     mu1, mu2 = _filter_valid(x, k), _filter_valid(y, k)

@@ -1,0 +1,130 @@
+"""The synthetic blur generator: determinism, pairing and blur statistics (linear-light averaging)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.data import find_videos
+from training.data.images import linear_to_srgb, list_images, read_rgb, srgb_to_linear, write_rgb
+from training.synth import SynthOptions, expose, main, render_still_clip, synthesize
+
+
+def tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.png")):
+        h.update(str(p.relative_to(root)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def small(out: Path, **kw) -> SynthOptions:
+    base = dict(out=str(out), clips=2, test_clips=1, frames=3, width=40, height=32, subframes=5, seed=7)
+    return SynthOptions(**(base | kw))
+
+
+def test_srgb_round_trip() -> None:
+    x = np.linspace(0, 1, 101, dtype=np.float32)
+    np.testing.assert_allclose(linear_to_srgb(srgb_to_linear(x)), x, atol=1e-5)
+    assert srgb_to_linear(np.float32(0.5)) == pytest.approx(0.2140, abs=1e-4)
+
+
+def test_expose_averages_in_linear_light_and_keeps_the_middle_subframe() -> None:
+    rng = np.random.default_rng(0)
+    sub = rng.random((7, 6, 5, 3), dtype=np.float32)
+    blurry, sharp = expose(sub)
+    np.testing.assert_allclose(srgb_to_linear(blurry), sub.mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(srgb_to_linear(sharp), sub[3], atol=1e-5)
+    # averaging sRGB values directly would give a different (darker-biased) frame
+    assert np.abs(blurry - linear_to_srgb(sub).mean(axis=0)).max() > 0.01
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
+    a = synthesize(small(tmp_path / "a"), progress=False)
+    b = synthesize(small(tmp_path / "b"), progress=False)
+    c = synthesize(small(tmp_path / "c", seed=8), progress=False)
+    assert tree_digest(a) == tree_digest(b)
+    assert tree_digest(a) != tree_digest(c)
+
+
+def test_output_is_a_paired_dataset_the_loaders_read(tmp_path: Path) -> None:
+    root = synthesize(small(tmp_path / "d"), progress=False)
+    train, test = find_videos(root, "train"), find_videos(root, "test")
+    assert [v.name for v in train] == ["clip_0000", "clip_0001"] and [v.name for v in test] == ["clip_0002"]
+    for v in train + test:
+        assert len(v) == 3
+        for b, s in zip(v.blur, v.sharp, strict=True):
+            assert b.name == s.name
+            assert read_rgb(b).shape == read_rgb(s).shape == (32, 40, 3)
+    assert (root / "erdn_synth.yaml").is_file()
+
+
+def test_rendered_clip_blurry_frame_is_the_linear_mean_of_its_subframes(tmp_path: Path) -> None:
+    opts = small(tmp_path / "e", noise=0.0, frames=2, motion=2.0)
+    from training.synth import load_stills
+
+    sub = render_still_clip(np.random.default_rng(1), load_stills(opts), opts)
+    assert sub.shape == (2 * 5, 32, 40, 3)
+    # there is motion: sub-frames differ, so the blurry frame differs from the sharp one
+    assert np.abs(sub[0] - sub[4]).mean() > 1e-3
+    root = synthesize(opts, progress=False)
+    clip = find_videos(root, "train")[0]
+    rendered = render_still_clip(np.random.default_rng([opts.seed, 0]), load_stills(opts), opts)
+    for k in range(2):
+        blurry_png = read_rgb(clip.blur[k]).astype(np.float32) / 255
+        sharp_png = read_rgb(clip.sharp[k]).astype(np.float32) / 255
+        mean = linear_to_srgb(rendered[k * 5 : (k + 1) * 5].mean(axis=0))
+        assert np.abs(blurry_png - mean).max() <= 0.5 / 255 + 1e-6  # equal up to 8-bit rounding
+        assert np.abs(sharp_png - linear_to_srgb(rendered[k * 5 + 2])).max() <= 0.5 / 255 + 1e-6
+
+
+def test_own_high_frame_rate_frames(tmp_path: Path) -> None:
+    """A frame folder of a moving bar: every blurry frame is the linear mean of 3 consecutive frames."""
+    src = tmp_path / "hfr"
+    frames = []
+    for i in range(12):
+        img = np.full((32, 48, 3), 30, np.uint8)
+        img[:, 4 * i : 4 * i + 6] = 230
+        frames.append(img)
+        write_rgb(src / f"{i:04d}.png", img)
+    out = tmp_path / "from_video"
+    rc = main([str(out), "--video", str(src), "--frames", "2", "--subframes", "3", "--test-clips", "1",
+               "--size", "48x32", "--noise", "0"])  # fmt: skip
+    assert rc == 0
+    train = find_videos(out, "train")
+    assert len(train) == 1 and len(find_videos(out, "test")) == 1  # 12 frames = 2 clips of 2 x 3
+    for k in range(2):
+        expected = linear_to_srgb(
+            np.mean([srgb_to_linear(f.astype(np.float32) / 255) for f in frames[3 * k : 3 * k + 3]], axis=0)
+        )
+        got = read_rgb(list_images(out / "train" / "clip_0000" / "blur")[k]).astype(np.float32) / 255
+        assert np.abs(got - expected).max() <= 0.5 / 255 + 1e-6
+        assert np.array_equal(read_rgb(list_images(out / "train" / "clip_0000" / "sharp")[k]), frames[3 * k + 1])
+
+
+def test_own_video_file_through_ffmpeg(tmp_path: Path) -> None:
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    path = tmp_path / "hfr.mkv"
+    writer = imageio_ffmpeg.write_frames(str(path), (48, 32), codec="ffv1", pix_fmt_out="bgr0", macro_block_size=1)
+    writer.send(None)
+    for i in range(6):
+        img = np.full((32, 48, 3), 40, np.uint8)
+        img[:, 6 * i : 6 * i + 8] = 220
+        writer.send(np.ascontiguousarray(img))
+    writer.close()
+    out = tmp_path / "v"
+    assert main([str(out), "--video", str(path), "--frames", "1", "--subframes", "3", "--test-clips", "1",
+                 "--size", "48x32", "--noise", "0"]) == 0  # fmt: skip
+    sharp = read_rgb(list_images(out / "train" / "clip_0000" / "sharp")[0])
+    assert sharp.shape == (32, 48, 3)
+    assert abs(int(sharp[0, 6 * 1 + 3, 0]) - 220) <= 3  # the middle sub-frame (frame 1): bar at x 6..13
+
+
+def test_bad_options_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="leaves no training clip"):
+        synthesize(small(tmp_path / "f", clips=0, test_clips=1), progress=False)
+    with pytest.raises(SystemExit, match="holds no images"):
+        synthesize(small(tmp_path / "g", stills=(str(tmp_path),)), progress=False)

@@ -1,0 +1,161 @@
+"""``erdn train``: runs from a YAML config, resumes exactly, refuses damaged checkpoints, runs under torchrun."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from training.config import ConfigError, load_config
+from training.synth import SynthOptions, synthesize
+from training.train import learning_rate, main
+from worker.model import build_model, load_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    opts = SynthOptions(out=str(out), clips=2, test_clips=1, frames=4, width=40, height=40, subframes=3, seed=5)
+    return synthesize(opts, progress=False)
+
+
+def write_config(path: Path, dataset: Path, run_dir: Path, **top) -> Path:
+    cfg = {
+        "name": "tiny_test",
+        "run_dir": str(run_dir),
+        "seed": 1,
+        "batch": 2,
+        "iterations": 4,
+        "val_every": 2,
+        "checkpoint_every": 2,
+        "log_every": 1,
+        "threads": 1,
+        "model": {"preset": "tiny", "frames": 5},
+        "data": {"root": str(dataset), "crop": 32, "val_windows": 2},
+        "optimizer": {"lr": 1.0e-3},
+        "schedule": {"name": "step", "every": 1, "unit": "epoch", "gamma": 0.5},
+    } | top
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def losses(run_dir: Path) -> list[tuple[str, str]]:
+    with open(run_dir / "log.csv", newline="") as f:
+        return [(r["iteration"], r["total"]) for r in csv.DictReader(f) if r["total"]]
+
+
+def test_train_then_resume_matches_an_uninterrupted_run(tmp_path: Path, dataset: Path) -> None:
+    straight = write_config(tmp_path / "a.yaml", dataset, tmp_path / "a")
+    assert main([str(straight)]) == 0
+    run_a = tmp_path / "a"
+    for name in ("last.ckpt", "best.safetensors", "final.safetensors", "log.csv", "curves.png"):
+        assert (run_a / name).is_file(), name
+    assert any((run_a / "tb").iterdir())
+    model = load_model(run_a / "final.safetensors")
+    assert model.preset == "tiny" and model.frames == 5
+    assert model.metadata["iterations"] == 4 and model.metadata["val_psnr"] > 0
+
+    # the same run, interrupted after 2 iterations and resumed
+    split = write_config(tmp_path / "b.yaml", dataset, tmp_path / "b")
+    assert main([str(split), "--set", "iterations=2"]) == 0
+    assert load_checkpoint(tmp_path / "b" / "last.ckpt")["iteration"] == 2
+    assert main([str(split)]) == 0
+    assert losses(tmp_path / "b") == losses(run_a)
+    a, b = load_file(run_a / "final.safetensors"), load_file(tmp_path / "b" / "final.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # and training moved the weights away from their initialisation (the run seeds the init with `seed`)
+    torch.manual_seed(1)
+    initial = build_model("tiny", 5).state_dict()
+    assert any(not torch.equal(initial[k], a[k]) for k in a)
+
+
+def test_a_truncated_checkpoint_is_refused(tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg = write_config(tmp_path / "c.yaml", dataset, tmp_path / "c", iterations=2)
+    assert main([str(cfg)]) == 0
+    ckpt = tmp_path / "c" / "last.ckpt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_checkpoint(ckpt)
+    assert main([str(cfg), "--set", "iterations=3"]) == 2
+    assert "damaged (checksum mismatch" in capsys.readouterr().err
+    ckpt.write_bytes(b"PK\x03\x04" + data[4:])  # not even our header
+    with pytest.raises(CheckpointError, match="not an erdn training checkpoint"):
+        load_checkpoint(ckpt)
+
+
+def test_checkpoint_round_trip_without_pickle(tmp_path: Path) -> None:
+    state = {"model": {"w": torch.arange(4.0)}, "iteration": 7, "rng": {"torch": torch.get_rng_state()}, "x": [1.5]}
+    back = load_checkpoint(save_checkpoint(state, tmp_path / "s.ckpt"))
+    assert back["iteration"] == 7 and torch.equal(back["model"]["w"], state["model"]["w"])
+    assert not (tmp_path / "s.ckpt.partial").exists()
+
+
+def test_config_errors_name_the_key(tmp_path: Path, dataset: Path) -> None:
+    cfg = write_config(tmp_path / "d.yaml", dataset, tmp_path / "d", batchsize=3)
+    with pytest.raises(ConfigError, match="unknown key.*batchsize"):
+        load_config(cfg)
+    cfg = write_config(tmp_path / "e.yaml", dataset, tmp_path / "e", model={"preset": "huge", "frames": 5})
+    with pytest.raises(ConfigError, match="model.preset 'huge'"):
+        load_config(cfg)
+    cfg = write_config(tmp_path / "f.yaml", dataset, tmp_path / "f")
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        load_config(cfg, {"data.crop": 30})
+
+
+def test_shipped_configs_load() -> None:
+    paper = load_config(REPO / "training" / "configs" / "paper.yaml")
+    assert (paper.model.preset, paper.model.frames, paper.data.crop, paper.optimizer.lr) == ("paper", 5, 256, 1e-4)
+    assert (paper.schedule.name, paper.schedule.every, paper.schedule.unit, paper.schedule.gamma) == (
+        "step", 200, "epoch", 0.5
+    )  # fmt: skip
+    lite = load_config(REPO / "training" / "configs" / "lite_synth.yaml")
+    assert (lite.model.preset, lite.model.frames) == ("lite", 5)
+
+
+def test_paper_schedule_halves_every_200_epochs() -> None:
+    cfg = load_config(REPO / "training" / "configs" / "paper.yaml")
+    per_epoch = 100
+    assert learning_rate(cfg, 0, per_epoch) == 1e-4
+    assert learning_rate(cfg, 200 * per_epoch - 1, per_epoch) == 1e-4
+    assert learning_rate(cfg, 200 * per_epoch, per_epoch) == 5e-5
+    assert learning_rate(cfg, 400 * per_epoch, per_epoch) == 2.5e-5
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_gloo(tmp_path: Path, dataset: Path) -> None:
+    cfg = write_config(tmp_path / "ddp.yaml", dataset, tmp_path / "ddp", iterations=2, val_every=2, batch=1)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "training.train", str(cfg)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = load_model(tmp_path / "ddp" / "final.safetensors")
+    assert model.metadata["batch"] == 2  # 1 per process x 2 processes
+    assert [it for it, _ in losses(tmp_path / "ddp")] == ["1", "2"]
+    # DistributedSampler deals the same shuffled windows out to the two ranks and DDP averages
+    # their gradients: the result equals one process taking batches of 2
+    single = write_config(tmp_path / "one.yaml", dataset, tmp_path / "one", iterations=2, val_every=2, batch=2)
+    assert main([str(single)]) == 0
+    a, b = load_file(tmp_path / "ddp" / "final.safetensors"), load_file(tmp_path / "one" / "final.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
