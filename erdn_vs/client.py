@@ -29,7 +29,7 @@ START_TIMEOUT = 30.0  # autostart: how long to wait for a freshly started worker
 CLOSE_TIMEOUT = 2.0
 LIVENESS_INTERVAL = 3.0  # while waiting for a reply, ping the worker this often to notice its death early
 MAX_PROCESS_ATTEMPTS = 6  # resends after need_frames / session reopen before giving up
-MAX_BUSY_EXTENSIONS = 20  # a process request may wait this many timeouts while the worker is alive and busy
+MAX_BUSY_EXTENSIONS = 20  # a process request may wait this many timeouts while the worker is computing
 ENDPOINT_IN_USE = 3  # the worker's exit code when another worker holds the endpoint
 
 
@@ -199,8 +199,8 @@ class WorkerClient:
                     self._drop_socket()
                     raise _NoReply(dead=True)
                 next_check = time.monotonic() + LIVENESS_INTERVAL
-            if now >= deadline:
-                if busy_wait and extensions < MAX_BUSY_EXTENSIONS and self._alive():
+            if now >= deadline and not sock.poll(0):
+                if busy_wait and extensions < MAX_BUSY_EXTENSIONS and (self._working() or sock.poll(100)):
                     extensions += 1
                     deadline = time.monotonic() + timeout
                     continue
@@ -218,6 +218,14 @@ class WorkerClient:
             return reply, [f.buffer for f in frames[1:]]
 
     def _alive(self) -> bool:
+        return self._ping_reply() is not None
+
+    def _working(self) -> bool:
+        """Alive and computing or holding queued requests (a long wait is then worth continuing)."""
+        reply = self._ping_reply()
+        return reply is not None and bool(reply.get("busy") or reply.get("queue_depth"))
+
+    def _ping_reply(self) -> dict | None:
         """Ping on a separate short-lived socket (this thread's socket is waiting for a reply)."""
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -229,11 +237,12 @@ class WorkerClient:
             while (remaining := deadline - time.monotonic()) > 0:
                 if sock.poll(int(remaining * 1000) + 1):
                     try:
-                        if P.decode_header(sock.recv_multipart()[0]).get("id") == rid:
-                            return True
+                        reply = P.decode_header(sock.recv_multipart()[0])
                     except P.ProtocolError:
-                        pass
-            return False
+                        continue
+                    if reply.get("id") == rid:
+                        return reply
+            return None
         finally:
             sock.close(linger=0)
 

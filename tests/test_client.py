@@ -104,3 +104,14 @@ def test_autostart_starts_one_worker_and_restarts_a_dead_one(isolated_runtime_di
                 pass
         for c in clients:
             c.close()
+
+
+def test_client_side_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, erdn_vs.client, erdn_vs.protocol, worker.cli; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    from conftest import worker_env
+
+    assert subprocess.run([sys.executable, "-c", code], env=worker_env(), timeout=60).returncode == 0

@@ -338,6 +338,7 @@ def test_one_batch_computes_shared_stage1_once(tiny_weights):
     manager.process_batch(items)
     stats = manager.stats.snapshot()
     assert (stats["stage1_evals"], stats["stage2_evals"], stats["batches"]) == (4, 2, 1)
+    assert (stats["cache_misses"], stats["cache_hits"]) == (4, 2)
     for n in (2, 3):
         header, buffers = replies[n]
         assert header["status"] == "ok"
@@ -384,3 +385,19 @@ def test_client_checks_its_arguments(worker_endpoint, tiny_weights):
                 session.process(0, (0, 1, 2, 3, 7), planes)
             with pytest.raises(ValueError, match="this session takes"):
                 session.process(0, (0, 1, 2, 3, 4), {i: a.astype(np.float16) for i, a in planes.items()})
+
+
+def test_a_busy_worker_is_waited_for_beyond_the_timeout(worker_endpoint, tiny_weights):
+    """A request that computes longer than the client's timeout succeeds while the worker reports it is busy."""
+    h, w = 96, 128
+    rng = np.random.default_rng(8)
+    planes = {i: rng.random((3, h, w), dtype=np.float32) for i in range(5)}
+    with WorkerClient(worker_endpoint, autostart=False) as client:
+        with client.open_session(frames=5, width=w, height=h, sample_type="float",
+                                 weights=str(tiny_weights[5])) as session:
+            # Four stage evaluations at 128x96 take about a second here; the client waits up to 20 timeouts
+            # (6 s) while the worker says it is computing.
+            client.timeout = 0.3
+            out = session.process(2, (0, 1, 2, 3, 4), planes)
+            client.timeout = 30
+    assert out.shape == (3, h, w) and np.isfinite(out).all()

@@ -80,6 +80,7 @@ class Server:
         self.last_activity = time.monotonic()
         self.ready = threading.Event()
         self.load_error: str | None = None
+        self.busy = False  # the compute thread is inside a batch
         self._lock_file: Any = None
 
     # ------------------------------------------------------------ main (I/O) thread
@@ -173,8 +174,11 @@ class Server:
             if op != "process" and len(frames) > 1:
                 raise P.ProtocolError(P.BAD_REQUEST, f"op {op!r} takes no buffers, got {len(frames) - 1}")
             if op == "ping":
+                with self.stats.lock:
+                    queued = self.stats.queue_depth
                 send(P.reply_ok(request_id, pid=os.getpid(), endpoint=self.config.endpoint,
-                                protocol=P.PROTOCOL_VERSION, ready=self.ready.is_set(), load_error=self.load_error))
+                                protocol=P.PROTOCOL_VERSION, ready=self.ready.is_set(), load_error=self.load_error,
+                                busy=self.busy, queue_depth=queued))
             elif op == "stats":
                 stats = self.stats.snapshot()
                 stats.update(pid=os.getpid(), endpoint=self.config.endpoint, backend=self.config.backend,
@@ -219,6 +223,7 @@ class Server:
                 if job is None:
                     break
                 batch = [job]
+                self.busy = True
                 if job[0] == "process":  # collect concurrent requests for a short while
                     deadline = time.monotonic() + window
                     while len(batch) < 64 and (remaining := deadline - time.monotonic()) > 0:
@@ -230,9 +235,13 @@ class Server:
                             self.stop.set()
                             break
                         batch.append(more)
+                self.busy = True  # before the queue shrinks, so a ping never sees neither
                 with self.stats.lock:
                     self.stats.queue_depth -= len(batch)
-                self._run(manager, batch, out)
+                try:
+                    self._run(manager, batch, out)
+                finally:
+                    self.busy = False
         finally:
             out.close(linger=0)
 

@@ -240,18 +240,17 @@ class SessionManager:
 
     # ------------------------------------------------------------ processing
 
-    def _padded(self, session: WorkerSession, array: np.ndarray) -> Tensor:
-        t = torch.from_numpy(np.array(array, copy=True)).to(session.backend.device)
-        return pad_to_stride(t)[0]
+    def _store(self, session: WorkerSession, index: int, array: np.ndarray) -> Tensor:
+        """Pad a received frame to the stride once, on the model's device, and cache it."""
+        t = pad_to_stride(torch.from_numpy(np.array(array, copy=True)).to(session.backend.device))[0]
+        self.cache.put((session.id, "f", index), t)
+        return t
 
-    def _prepare(self, session: WorkerSession, req: P.ProcessRequest, reply: Callable[[Reply], None]) -> _Job | None:
-        """Store the request's frames; take what the window needs from the caches, or ask for what is missing."""
+    def _prepare(self, session: WorkerSession, req: P.ProcessRequest, reply: Callable[[Reply], None],
+                 received: dict[int, Tensor]) -> _Job | None:
+        """Take what the window needs from this request and the caches, or ask the client for what is missing."""
         sid = session.id
-        frames: dict[int, Tensor] = {}
-        for index, array in req.frames.items():
-            t = self._padded(session, array)
-            self.cache.put((sid, "f", index), t)
-            frames[index] = t
+        frames = dict(received)
         w = req.window
         triplets = [tuple(w[0:3])] if len(w) == 3 else [tuple(w[i:i + 3]) for i in range(3)]
         stage1: dict[tuple[int, int, int], Tensor] = {}
@@ -299,17 +298,23 @@ class SessionManager:
 
     def process_batch(self, items: list[tuple[dict, list, Callable[[Reply], None]]]) -> None:
         """Run process requests together: shared stage-1 work is computed once, same-shape work in one batch."""
-        jobs: list[_Job] = []
+        parsed = []
         for header, buffers, reply in items:
             try:
                 session = self.get(P.session_id_of(header))
                 req = P.parse_process(header, buffers, session.spec)
-                self.stats.add(bytes_received=sum(a.nbytes for a in req.frames.values()))
-                job = self._prepare(session, req, reply)
             except P.ProtocolError as e:
                 self.stats.add(errors=1)
                 reply((P.reply_error(None, e.code, e.message), []))
                 continue
+            self.stats.add(bytes_received=sum(a.nbytes for a in req.frames.values()))
+            # Store every request's frames before any request looks for its window: threads that share
+            # frames send each one once, and their requests may arrive in any order within a batch.
+            received = {i: self._store(session, i, a) for i, a in req.frames.items()}
+            parsed.append((session, req, reply, received))
+        jobs: list[_Job] = []
+        for session, req, reply, received in parsed:
+            job = self._prepare(session, req, reply, received)
             if job is not None:
                 jobs.append(job)
         if not jobs:
@@ -327,7 +332,8 @@ class SessionManager:
         for sid, by_key in todo.items():
             session = sessions[sid]
             keys = list(by_key)
-            self.stats.add(cache_misses=len(keys))
+            # A triplet computed once serves every request of the batch that needs it: one miss, the rest hits.
+            self.stats.add(cache_misses=len(keys), cache_hits=sum(len(v) - 1 for v in by_key.values()))
             for chunk in self._chunks(session, keys):
                 first_job = {k: by_key[k][0] for k in chunk}
                 x = torch.stack([torch.stack([first_job[k].frames[i] for i in k]) for k in chunk]).float()
@@ -352,10 +358,12 @@ class SessionManager:
                 out = self._run_stage(session, 2, x)
                 for (j, _), y in zip(chunk, out, strict=True):
                     results[j] = y
+        outputs = []
         for j, job in enumerate(jobs):
             spec = job.session.spec
-            frame = results[j][:, : spec.height, : spec.width].float().cpu().contiguous().numpy()
+            outputs.append(results[j][:, : spec.height, : spec.width].float().cpu().contiguous().numpy())
             job.session.frames_served += 1
-            job.reply((P.reply_ok(None, shape=list(frame.shape), dtype="float32", n=job.request.n), [frame]))
-        self.stats.add(frames_served=len(jobs))
+        self.stats.add(frames_served=len(jobs))  # before replying, so a client's next stats call sees it
         self.publish_sessions()
+        for job, frame in zip(jobs, outputs, strict=True):
+            job.reply((P.reply_ok(None, shape=list(frame.shape), dtype="float32", n=job.request.n), [frame]))
