@@ -3,10 +3,12 @@
 The graph: source -> RGB (formats.to_rgb) -> frames n-r..n+r as shifted clips (so VapourSynth
 prefetches them; no get_frame inside a callback) -> std.ModifyFrame, whose callback picks the
 window (windows.temporal_window, from the neighbours' scene-change flags) and asks the worker
-to restore it -> back to the source format -> the source's frame properties.
+to restore it -> back to the source format -> the source's frame properties. The ModifyFrame
+is split into ``batch`` interleaved instances so that several requests can be in flight.
 
 The worker session opens on the first frame request, not at script time, so evaluating a
-script (vspipe --info, a vspreview reload) costs nothing until frames are wanted.
+script (vspipe --info, a vspreview reload) costs only source frame 0 (read for its colour
+properties) until frames are wanted.
 """
 
 from __future__ import annotations
