@@ -46,6 +46,15 @@ def test_real_manifest_loads(manifest):
     assert load_manifest() is manifest  # loaded once
 
 
+def test_worker_section_matches_the_worker_cli(manifest):
+    from worker.cli import serve_parser
+
+    defaults = serve_parser().parse_args([])
+    assert manifest.worker["idle_timeout_s"] == defaults.idle_timeout
+    assert manifest.worker["session_timeout_s"] == defaults.session_timeout
+    assert manifest.worker["command"].startswith("erdn worker")
+
+
 def test_manifest_and_signature_agree_both_ways(manifest):
     declared = manifest.functions["deblur"]
     sig = inspect.signature(deblur)
