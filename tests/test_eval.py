@@ -122,3 +122,18 @@ def test_eval_on_identical_frames_gives_inf_baseline(tmp_path: Path) -> None:
 def test_eval_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main([str(tmp_path / "missing.safetensors"), str(tmp_path)]) == 2
     assert "erdn eval:" in capsys.readouterr().err
+
+
+def test_eval_reads_a_training_checkpoint_like_its_weights(tmp_path: Path) -> None:
+    from training.checkpoint import save_checkpoint
+
+    make_dataset(tmp_path / "data")
+    torch.manual_seed(1)
+    model = build_model("tiny", 5)
+    weights = save_model(model, tmp_path / "w.safetensors")
+    state = {"model": model.state_dict(), "preset": "tiny", "frames": 5, "iteration": 3}
+    ckpt = save_checkpoint(state, tmp_path / "l.ckpt")
+    for path, name in ((weights, "a.json"), (ckpt, "b.json")):
+        assert main([str(path), str(tmp_path / "data"), "--max-windows", "1", "--json", str(tmp_path / name)]) == 0
+    a, b = (json.loads((tmp_path / n).read_text())["overall"] for n in ("a.json", "b.json"))
+    assert a == b

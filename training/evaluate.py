@@ -32,6 +32,21 @@ def official_windows(length: int, frames: int, border: bool) -> list[list[int]]:
     return [idx[i : i + frames] for i in range(len(idx) - 2 * half)]
 
 
+def load_weights_or_checkpoint(path: str | Path, device: str):  # noqa: ANN201 - ERDN
+    """A weights file, or the model inside a training checkpoint (``last.ckpt`` of a running job)."""
+    from worker.model import build_model, load_model
+
+    if Path(path).suffix != ".ckpt":
+        return load_model(path, device=device)
+    from training.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    model = build_model(state["preset"], int(state["frames"]))
+    model.load_state_dict(state["model"])
+    model.metadata = {"iterations": int(state["iteration"])}
+    return model.to(device).eval()
+
+
 def evaluate(
     weights: str | Path,
     dataset: str | Path,
@@ -46,9 +61,7 @@ def evaluate(
     """Score ``weights`` on a dataset split; returns per-video and overall means."""
     import torch
 
-    from worker.model import load_model
-
-    model = load_model(weights, device=device)
+    model = load_weights_or_checkpoint(weights, device)
     videos = find_videos(dataset, split, layout)
     frames = model.frames
     per_video: dict[str, dict[str, float]] = {}
@@ -112,7 +125,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="erdn eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("weights", help="weights file (.safetensors written by erdn train / erdn convert)")
+    p.add_argument("weights", help="weights (.safetensors from erdn train / erdn convert) or a training .ckpt")
     p.add_argument("dataset", help="dataset folder (dvd, dvd-original, gopro or paired layout)")
     p.add_argument("--split", default="test", choices=["train", "test", "all"])
     p.add_argument("--layout", default="auto")
@@ -126,6 +139,7 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     import torch
 
+    from training.checkpoint import CheckpointError
     from worker.model.weights import WeightsError
 
     if a.threads:
@@ -135,7 +149,7 @@ def main(argv: list[str]) -> int:
         result = evaluate(
             a.weights, a.dataset, a.split, a.layout, a.border, a.save_dir, a.compare_png, a.max_windows, device
         )
-    except (DatasetError, WeightsError) as e:
+    except (DatasetError, WeightsError, CheckpointError) as e:
         print(f"erdn eval: {e}", file=sys.stderr)
         return 2
     print(format_report(result))
