@@ -16,6 +16,8 @@ def _endpoint_arg(p: argparse.ArgumentParser) -> None:
 
 
 def serve_parser() -> argparse.ArgumentParser:
+    from .config import DEFAULT_MAX_PIXELS
+
     p = argparse.ArgumentParser(prog="erdn worker", description="Run the persistent ERDN worker in the foreground "
                                 "(logs go to stderr). Subcommands: `erdn worker status`, `erdn worker stop`.")
     _endpoint_arg(p)
@@ -31,7 +33,7 @@ def serve_parser() -> argparse.ArgumentParser:
                    help="plugin_manifest.yaml that maps model names to weights (default: $ERDN_MANIFEST, else the "
                         "one next to the worker package)")
     p.add_argument("--max-sessions", type=int, default=16)
-    p.add_argument("--max-pixels", type=int, default=4 * 1920 * 1088,
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="pixels one forward call may hold (batch x tile); larger frames are tiled")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--batch-window-ms", type=float, default=4.0,
@@ -50,7 +52,8 @@ def serve_main(argv: list[str]) -> int:
                         format="%(asctime)s erdn-worker[%(process)d] %(levelname)s %(message)s")
     from erdn_vs import protocol as P
 
-    from .server import EndpointInUse, Server, WorkerConfig
+    from .config import WorkerConfig
+    from .server import EndpointInUse, Server
 
     for name, value in (("--cache-mb", args.cache_mb * 1024), ("--max-sessions", args.max_sessions),
                         ("--max-pixels", args.max_pixels), ("--max-batch", args.max_batch)):

@@ -17,32 +17,17 @@ import queue
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
 from erdn_vs import protocol as P
 
+from .config import WorkerConfig
+
 log = logging.getLogger("erdn.worker")
 
 REPLY_ENDPOINT = "inproc://erdn-replies"
-
-
-@dataclass
-class WorkerConfig:
-    endpoint: str
-    device: str = "auto"
-    backend: str = "torch"
-    idle_timeout: float = 300.0  # exit after this long with no session and no request (0: never)
-    session_timeout: float = 600.0  # a session without requests for this long is dropped
-    cache_mb: float = 2048
-    manifest: str | None = None
-    max_sessions: int = 16
-    max_pixels: int = 4 * 1920 * 1088  # per forward call: batch x tile area
-    max_batch: int = 8
-    batch_window_ms: float = 4.0
-    threads: int = 0  # torch intra-op threads (0: torch's default)
 
 
 class EndpointInUse(RuntimeError):
@@ -248,11 +233,18 @@ class Server:
     def _make_manager(self):
         import torch
 
+        from .backends import BackendError, resolve_device
         from .session import SessionManager
 
         if self.config.threads > 0:
             torch.set_num_threads(self.config.threads)
         c = self.config
+        try:
+            resolve_device(c.device)
+        except BackendError as e:
+            self.load_error = f"erdn worker --device {c.device}: {e}; restart it with another --device"
+            log.error("%s", self.load_error)
+            return None
         return SessionManager(backend=c.backend, device=c.device, cache_bytes=int(c.cache_mb * (1 << 20)),
                               manifest=c.manifest,
                               max_sessions=c.max_sessions, session_timeout=c.session_timeout,
@@ -270,7 +262,7 @@ class Server:
         for op, identity, request_id, header, buffers in batch:
             reply = replier(identity, request_id)
             if manager is None:
-                reply((P.reply_error(None, P.INTERNAL, self.load_error or "worker not ready"), []))
+                reply((P.reply_error(None, P.CONFIG_ERROR, self.load_error or "worker not ready"), []))
                 continue
             if op == "process":
                 process.append((header, buffers, reply))

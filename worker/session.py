@@ -31,6 +31,7 @@ from torch import Tensor
 from erdn_vs import protocol as P
 
 from .backends import Backend, BackendError, load_backend, resolve_device, resolve_precision
+from .config import DEFAULT_MAX_PIXELS
 from .model import pad_to_stride
 from .model.weights import WeightsError
 from .registry import ModelNotFound, resolve
@@ -153,7 +154,7 @@ class SessionManager:
     """Opens and closes sessions and runs batches of process requests through the cached cascade."""
 
     def __init__(self, *, backend: str = "torch", device: str = "auto", cache_bytes: int = 1 << 30,
-                 max_sessions: int = 16, session_timeout: float = 600.0, max_pixels: int = 4 * 1920 * 1088,
+                 max_sessions: int = 16, session_timeout: float = 600.0, max_pixels: int = DEFAULT_MAX_PIXELS,
                  max_batch: int = 8, manifest: str | None = None, stats: Stats | None = None) -> None:
         self.manifest = Path(manifest) if manifest else None
         self.backend_kind = backend

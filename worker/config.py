@@ -1,0 +1,25 @@
+"""The worker's settings and their defaults (no torch here: the CLI and the I/O thread read them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Pixels one forward call may hold (batch x tile area) unless the worker is told otherwise: a 1080p
+#: triplet runs whole, a 4K frame in four or more tiles, so the paper preset stays within a consumer GPU.
+DEFAULT_MAX_PIXELS = 1920 * 1088
+
+
+@dataclass
+class WorkerConfig:
+    endpoint: str
+    device: str = "auto"
+    backend: str = "torch"
+    idle_timeout: float = 300.0  # exit after this long with no session and no request (0: never)
+    session_timeout: float = 600.0  # a session without requests for this long is dropped
+    cache_mb: float = 2048
+    manifest: str | None = None
+    max_sessions: int = 16
+    max_pixels: int = DEFAULT_MAX_PIXELS  # per forward call: batch x tile area
+    max_batch: int = 8
+    batch_window_ms: float = 4.0
+    threads: int = 0  # torch intra-op threads (0: torch's default)
