@@ -62,6 +62,7 @@ def losses(run_dir: Path) -> list[tuple[str, str]]:
         return [(r["iteration"], r["total"]) for r in csv.DictReader(f) if r["total"]]
 
 
+@pytest.mark.slow
 def test_train_then_resume_matches_an_uninterrupted_run(tmp_path: Path, dataset: Path) -> None:
     straight = write_config(tmp_path / "a.yaml", dataset, tmp_path / "a")
     assert main([str(straight)]) == 0
@@ -159,3 +160,11 @@ def test_torchrun_two_processes_gloo(tmp_path: Path, dataset: Path) -> None:
     assert main([str(single)]) == 0
     a, b = load_file(tmp_path / "ddp" / "final.safetensors"), load_file(tmp_path / "one" / "final.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_validation_can_be_turned_off(tmp_path: Path, dataset: Path) -> None:
+    cfg = write_config(tmp_path / "nv.yaml", dataset, tmp_path / "nv", iterations=1)
+    assert main([str(cfg), "--set", "data.val_split=''"]) == 0
+    model = load_model(tmp_path / "nv" / "final.safetensors")
+    assert model.metadata["iterations"] == 1 and "val_psnr" not in model.metadata
+    assert not (tmp_path / "nv" / "best.safetensors").exists()

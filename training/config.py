@@ -28,7 +28,7 @@ class DataConfig:
     root: str = "data/synth"
     layout: str = "auto"
     train_split: str = "train"
-    val_split: str = "test"
+    val_split: str = "test"  # "" turns validation off
     crop: int = 256
     flip: bool = True
     rotate: bool = True

@@ -69,6 +69,8 @@ def learning_rate(cfg: TrainConfig, iteration: int, iters_per_epoch: int) -> flo
 
 def validation_windows(cfg: TrainConfig, frames: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(blurry window (T,H,W,3), sharp centre, blurry centre) uint8, evenly spread over the val videos."""
+    if not cfg.data.val_split:
+        return []
     videos = find_videos(cfg.data.root, cfg.data.val_split, cfg.data.layout)
     items = [(v, c) for v in videos for c in range(len(v))]
     if cfg.data.val_windows and len(items) > cfg.data.val_windows:
@@ -255,9 +257,14 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     }
     last_val: dict[str, float] = {}
 
+    def val_metadata() -> dict[str, float]:
+        return {f"val_{k}": v for k, v in last_val.items()}
+
     def run_validation(iteration: int) -> None:
         nonlocal last_val
         if main_process:
+            if not val_windows:  # data.val_split: "" turns validation off
+                return
             last_val = validate(model, val_windows, device)
             log.write({"iteration": iteration, "val_psnr": last_val["psnr"], "val_ssim": last_val["ssim"]})
             print(
@@ -267,16 +274,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
             )
             if last_val["psnr"] > best["psnr"]:
                 best.update(psnr=last_val["psnr"], iteration=iteration)
-                save_model(
-                    model,
-                    run_dir / "best.safetensors",
-                    **metadata,
-                    iterations=iteration,
-                    val_psnr=last_val["psnr"],
-                    val_ssim=last_val["ssim"],
-                    val_blurry_psnr=last_val["blurry_psnr"],
-                    val_blurry_ssim=last_val["blurry_ssim"],
-                )
+                save_model(model, run_dir / "best.safetensors", **metadata, iterations=iteration, **val_metadata())
         if world > 1:
             dist.barrier()
 
@@ -347,10 +345,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
             run_dir / "final.safetensors",
             **metadata,
             iterations=iteration,
-            val_psnr=last_val["psnr"],
-            val_ssim=last_val["ssim"],
-            val_blurry_psnr=last_val["blurry_psnr"],
-            val_blurry_ssim=last_val["blurry_ssim"],
+            **val_metadata(),
         )
         if cfg.weights_out:
             Path(cfg.weights_out).parent.mkdir(parents=True, exist_ok=True)
