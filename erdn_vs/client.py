@@ -92,7 +92,7 @@ def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     spec = importlib.util.find_spec("worker")
     if spec is not None and spec.submodule_search_locations:
-        root = str(Path(next(iter(spec.submodule_search_locations))).parent)
+        root = str(Path(next(iter(spec.submodule_search_locations))).resolve().parent)
         parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         if root not in parts:
             env["PYTHONPATH"] = os.pathsep.join([root, *parts])
@@ -134,8 +134,9 @@ class WorkerClient:
                      model: str | None = None, weights: str | None = None,
                      device: str = "auto", precision: str = "auto", tile: tuple[int, int] | None = None,
                      overlap: int = 16) -> Session:
-        spec = P.SessionSpec(frames, width, height, sample_type, model,
-                             str(weights) if weights is not None else None, device, precision,
+        if weights is not None:  # the worker runs elsewhere: a relative path means relative to this process
+            weights = os.path.abspath(os.path.expanduser(str(weights)))
+        spec = P.SessionSpec(frames, width, height, sample_type, model, weights, device, precision,
                              tuple(tile) if tile is not None else None, overlap)
         try:  # the same checks the worker makes, so mistakes surface here with a clear message
             P.SessionSpec.from_header(spec.to_header())
@@ -284,7 +285,7 @@ class WorkerClient:
                 cmd = worker_command(self.endpoint, self.worker_args)
                 with open(P.log_path(), "ab") as log:
                     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-                                            start_new_session=True, env=_child_env(), close_fds=True)
+                                            start_new_session=True, env=_child_env(), close_fds=True, cwd="/")
                 self._started = proc
                 while time.monotonic() < deadline:
                     if proc.poll() not in (None, ENDPOINT_IN_USE):  # in use: another worker is starting

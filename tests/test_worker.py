@@ -263,7 +263,7 @@ def test_tiled_session_matches_untiled(worker_endpoint, tiny_weights):
     with WorkerClient(worker_endpoint, autostart=False) as client:
         kwargs = dict(frames=5, width=W, height=H, sample_type="float", weights=str(tiny_weights[5]))
         with client.open_session(**kwargs) as whole, client.open_session(**kwargs, tile=(40, 32), overlap=16) as tiled:
-            assert tiled.info["tile"] == [32, 40]
+            assert tiled.info["tile"] == [40, 32]
             a = whole.process(2, window, planes)
             b = tiled.process(2, window, planes)
     diff = np.abs(a - b)

@@ -134,7 +134,8 @@ class WorkerSession:
         return {"session": self.id, "frames": s.frames, "width": s.width, "height": s.height,
                 "sample_type": s.sample_type, "model": s.model, "weights": s.weights,
                 "backend": self.backend.name, "device": str(self.backend.device),
-                "precision": self.backend.precision, "tile": list(self.tile) if self.tile else None,
+                "precision": self.backend.precision,
+                "tile": [self.tile[1], self.tile[0]] if self.tile else None,  # (w, h), as sessions ask for it
                 "frames_served": self.frames_served}
 
 
