@@ -14,7 +14,7 @@ import time
 import torch
 import torchvision
 
-from worker.model.dcn import COLUMNS_BUDGET_BYTES, deform_conv2d
+from worker.model.dcn import CPU_COLUMNS_BYTES, deform_conv2d
 
 
 def main() -> int:
@@ -25,7 +25,10 @@ def main() -> int:
     p.add_argument("--groups", type=int, default=8, help="offset groups")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--budget-mib", type=float, default=COLUMNS_BUDGET_BYTES / 2**20, help="columns budget")
+    p.add_argument(
+        "--budget-mib", type=float, default=None,
+        help=f"columns budget per chunk (default: the function's, {CPU_COLUMNS_BYTES / 2**20:g} MiB on the CPU)",
+    )
     p.add_argument("--channels-last", action="store_true", help="give both implementations NHWC inputs")
     args = p.parse_args()
 
@@ -39,7 +42,7 @@ def main() -> int:
     bias = torch.randn(c)
     if args.channels_last:
         x, offset, mask = (t.contiguous(memory_format=torch.channels_last) for t in (x, offset, mask))
-    budget = int(args.budget_mib * 2**20)
+    budget = None if args.budget_mib is None else int(args.budget_mib * 2**20)
 
     def ours() -> torch.Tensor:
         return deform_conv2d(x, offset, weight, bias, padding=1, mask=mask, max_columns_bytes=budget)
@@ -56,8 +59,9 @@ def main() -> int:
                 fn()
                 best[name] = min(best[name], time.perf_counter() - t0)
 
+    budget_text = "default" if budget is None else f"{args.budget_mib:g} MiB"
     print(f"deform_conv2d forward, CPU, float32: {c} channels, {h}x{w}, 3x3, {g} offset groups, mask, "
-          f"{args.threads} threads, budget {args.budget_mib:g} MiB, best of {args.repeats}")
+          f"{args.threads} threads, budget {budget_text}, best of {args.repeats}")
     for name, t in best.items():
         print(f"  {name:28s} {t * 1000:8.1f} ms")
     ratio = best["torchvision"] / best["erdn-vs grid_sample+matmul"]

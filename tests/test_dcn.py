@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.model.dcn import ModulatedDeformConvPack, deform_conv2d
+from worker.model.dcn import ModulatedDeformConvPack, deform_conv2d, deform_conv2d_onnx_op
 
 torchvision = pytest.importorskip("torchvision")
 tv_deform_conv2d = torchvision.ops.deform_conv2d
@@ -249,3 +250,63 @@ def test_pack_matches_torchvision_and_starts_as_a_halved_conv() -> None:
     assert (out - ref).abs().max().item() <= 1e-4
     out.sum().backward()
     assert layer.conv_offset.weight.grad is not None and layer.conv_offset.weight.grad.abs().sum() > 0
+
+
+class _OneDeformConv(torch.nn.Module):
+    """A single deformable conv with odd geometry, for checking what the ONNX export writes."""
+
+    def __init__(self, as_onnx_op: bool, weight_groups: int = 1) -> None:
+        super().__init__()
+        case = make_case(c=4, out_ch=4, groups=2, weight_groups=weight_groups, kernel=(3, 5))
+        self.weight = torch.nn.Parameter(case["weight"])
+        self.bias = torch.nn.Parameter(case["bias"])
+        self.as_onnx_op = as_onnx_op
+
+    geometry = dict(stride=(2, 1), padding=(1, 3), dilation=(1, 2))
+
+    def forward(self, x, offset, mask):
+        if self.as_onnx_op:
+            return deform_conv2d_onnx_op(x, offset, self.weight, self.bias, mask, **self.geometry)
+        return deform_conv2d(x, offset, self.weight, self.bias, mask=mask, **self.geometry)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter's notice
+@pytest.mark.parametrize("as_onnx_op, weight_groups", [(True, 1), (True, 2), (False, 1)])
+def test_onnx_export_of_one_layer_runs_in_onnxruntime(tmp_path, monkeypatch, as_onnx_op, weight_groups) -> None:
+    """DeformConv attributes (pads, strides, dilations, groups) and the chunk-free GridSample graph."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import worker.model.dcn as dcn
+
+    monkeypatch.setattr(dcn, "CPU_COLUMNS_BYTES", 1)  # eager runs one row per chunk; export must not
+    layer = _OneDeformConv(as_onnx_op, weight_groups).eval()
+    kh, kw = 3, 5
+
+    def inputs(h: int, w: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        ho, wo = out_size(h, kh, 2, 1, 1), out_size(w, kw, 1, 3, 2)
+        return (
+            torch.randn(2, 4, h, w, generator=g),
+            torch.randn(2, 2 * 2 * kh * kw, ho, wo, generator=g) * 3,
+            torch.rand(2, 2 * kh * kw, ho, wo, generator=g),
+        )
+
+    path = tmp_path / "dcn.onnx"
+    axes = {0: "b", 2: "h", 3: "w"}
+    with torch.no_grad():
+        torch.onnx.export(
+            layer, inputs(9, 12, 0), str(path), dynamo=False, opset_version=19 if as_onnx_op else 17,
+            input_names=["x", "offset", "mask"], output_names=["out"],
+            dynamic_axes={"x": axes, "offset": axes, "mask": axes, "out": axes}, autograd_inlining=False,
+        )
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert ("DeformConv" in ops) == as_onnx_op and ("GridSample" in ops) != as_onnx_op
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for h, w, seed in [(9, 12, 1), (14, 7, 2)]:
+        x, offset, mask = inputs(h, w, seed)
+        with torch.no_grad():
+            ref = tv_deform_conv2d(x, offset, layer.weight, layer.bias, mask=mask, **_OneDeformConv.geometry)
+            eager = layer(x, offset, mask)
+        (y,) = sess.run(["out"], {"x": x.numpy(), "offset": offset.numpy(), "mask": mask.numpy()})
+        assert (eager - ref).abs().max().item() <= 1e-4
+        assert np.abs(y - ref.numpy()).max() <= 1e-4, (h, w)
