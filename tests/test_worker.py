@@ -338,12 +338,28 @@ def test_one_batch_computes_shared_stage1_once(tiny_weights):
     manager.process_batch(items)
     stats = manager.stats.snapshot()
     assert (stats["stage1_evals"], stats["stage2_evals"], stats["batches"]) == (4, 2, 1)
-    assert (stats["cache_misses"], stats["cache_hits"]) == (4, 2)
+    assert (stats["cache_misses"], stats["cache_hits"], stats["forward_calls"]) == (4, 2, 2)
     for n in (2, 3):
         header, buffers = replies[n]
         assert header["status"] == "ok"
         out = buffers[0]
         assert np.abs(out - reference(tiny_weights[5], window_of(n, 6, 5), planes)).max() <= 1e-5
+
+    # Two more clips of the same model and size, one request each: their six triplets share one stage-1 call.
+    other = clip(5, seed=9)
+    items = []
+    for k in range(2):
+        sid = manager.open(P.SessionSpec(5, W, H, "float", weights=str(tiny_weights[5])).to_header())["session"]
+        src = planes if k == 0 else other
+        head = P.request("process", 10 + k, session=sid, n=2, window=[0, 1, 2, 3, 4],
+                         buffers=[P.frame_descriptor(i, src[i]) for i in range(5)])
+        items.append((head, [memoryview(src[i]) for i in range(5)], lambda r, k=k: replies.__setitem__(10 + k, r)))
+    manager.process_batch(items)
+    stats = manager.stats.snapshot()
+    assert (stats["stage1_evals"], stats["stage2_evals"], stats["forward_calls"]) == (4 + 6, 2 + 2, 2 + 2)
+    for k, src in enumerate((planes, other)):
+        out = replies[10 + k][1][0]
+        assert np.abs(out - reference(tiny_weights[5], (0, 1, 2, 3, 4), src)).max() <= 1e-5
 
 
 def test_onnx_backend_matches_torch(tiny_weights):

@@ -96,6 +96,7 @@ class Stats:
     need_frames_replies: int = 0
     bytes_received: int = 0
     batches: int = 0
+    forward_calls: int = 0  # stage evaluations are batched into this many backend calls
     batched_requests: int = 0
     errors: int = 0
     queue_depth: int = 0
@@ -287,16 +288,24 @@ class SessionManager:
             torch.cuda.synchronize(out.device)
         seconds = time.perf_counter() - t0
         if which == 1:
-            self.stats.add(stage1_evals=triplets.shape[0], stage1_seconds=seconds)
+            self.stats.add(stage1_evals=triplets.shape[0], stage1_seconds=seconds, forward_calls=1)
         else:
-            self.stats.add(stage2_evals=triplets.shape[0], stage2_seconds=seconds)
+            self.stats.add(stage2_evals=triplets.shape[0], stage2_seconds=seconds, forward_calls=1)
         return out
 
-    def _chunks(self, session: WorkerSession, items: list) -> list[list]:
-        """Split a batch so one forward call holds at most max_pixels (per tile) and max_batch items."""
-        h, w = session.tile or session.padded_hw
-        per_call = max(1, min(self.max_batch, self.max_pixels // (h * w)))
-        return [items[i:i + per_call] for i in range(0, len(items), per_call)]
+    def _groups(self, items: list, session_of: Callable[[Any], WorkerSession]) -> list[list]:
+        """Split work into forward calls: same backend, frame size and tiling together; each call holds at most
+        max_pixels (per tile) and max_batch items."""
+        by_shape: dict[tuple, list] = {}
+        for item in items:
+            s = session_of(item)
+            by_shape.setdefault((id(s.backend), s.padded_hw, s.tile, s.spec.overlap if s.tile else 0), []).append(item)
+        groups = []
+        for (_, padded_hw, tile, _), members in by_shape.items():
+            h, w = tile or padded_hw
+            per_call = max(1, min(self.max_batch, self.max_pixels // (h * w)))
+            groups += [members[i:i + per_call] for i in range(0, len(members), per_call)]
+        return groups
 
     def process_batch(self, items: list[tuple[dict, list, Callable[[Reply], None]]]) -> None:
         """Run process requests together: shared stage-1 work is computed once, same-shape work in one batch."""
@@ -322,44 +331,38 @@ class SessionManager:
         if not jobs:
             return
         self.stats.add(batches=1, batched_requests=len(jobs))
-        # Stage 1: every triplet not cached, once per (session, key), grouped by session (same model and shape).
-        todo: dict[str, dict[tuple, list[_Job]]] = {}
+        # Stage 1: every triplet not cached, once per (session, key). Sessions that share a model, a frame
+        # size and tiling (several clips, several vspipe processes) run in the same forward calls.
+        todo: dict[tuple[str, tuple], list[_Job]] = {}
         for job in jobs:
             for key in job.triplets:
                 if key in job.stage1:
                     self.stats.add(cache_hits=1)
                 else:
-                    todo.setdefault(job.session.id, {}).setdefault(key, []).append(job)
-        sessions = {job.session.id: job.session for job in jobs}
-        for sid, by_key in todo.items():
-            session = sessions[sid]
-            keys = list(by_key)
-            # A triplet computed once serves every request of the batch that needs it: one miss, the rest hits.
-            self.stats.add(cache_misses=len(keys), cache_hits=sum(len(v) - 1 for v in by_key.values()))
-            for chunk in self._chunks(session, keys):
-                first_job = {k: by_key[k][0] for k in chunk}
-                x = torch.stack([torch.stack([first_job[k].frames[i] for i in k]) for k in chunk]).float()
-                out = self._run_stage(session, 1, x)
-                for k, y in zip(chunk, out, strict=True):
-                    y = y.clone()
-                    self.cache.put((sid, "s1", k), y)
-                    for job in by_key[k]:
-                        job.stage1[k] = y
+                    todo.setdefault((job.session.id, key), []).append(job)
+        # A triplet computed once serves every request of the batch that needs it: one miss, the rest hits.
+        self.stats.add(cache_misses=len(todo), cache_hits=sum(len(v) - 1 for v in todo.values()))
+        for group in self._groups(list(todo), lambda item: todo[item][0].session):
+            session = todo[group[0]][0].session
+            x = torch.stack([torch.stack([todo[item][0].frames[i] for i in item[1]]) for item in group]).float()
+            out = self._run_stage(session, 1, x)
+            for item, y in zip(group, out, strict=True):
+                y = y.clone()
+                sid, key = item
+                self.cache.put((sid, "s1", key), y)
+                for job in todo[item]:
+                    job.stage1[key] = y
         # Stage 2 (frames=5) on the three stage-1 outputs; frames=3 takes the stage-1 output.
         results: dict[int, Tensor] = {}
-        by_session: dict[str, list[tuple[int, _Job]]] = {}
+        stage2 = [j for j, job in enumerate(jobs) if job.session.spec.frames == 5]
         for j, job in enumerate(jobs):
             if job.session.spec.frames == 3:
                 results[j] = job.stage1[job.triplets[0]]
-            else:
-                by_session.setdefault(job.session.id, []).append((j, job))
-        for sid, entries in by_session.items():
-            session = sessions[sid]
-            for chunk in self._chunks(session, entries):
-                x = torch.stack([torch.stack([job.stage1[k] for k in job.triplets]) for _, job in chunk])
-                out = self._run_stage(session, 2, x)
-                for (j, _), y in zip(chunk, out, strict=True):
-                    results[j] = y
+        for group in self._groups(stage2, lambda j: jobs[j].session):
+            x = torch.stack([torch.stack([jobs[j].stage1[k] for k in jobs[j].triplets]) for j in group])
+            out = self._run_stage(jobs[group[0]].session, 2, x)
+            for j, y in zip(group, out, strict=True):
+                results[j] = y
         outputs = []
         for j, job in enumerate(jobs):
             spec = job.session.spec
