@@ -196,6 +196,26 @@ def test_chunked_under_no_grad_matches_torchvision() -> None:
     assert (ours - theirs).abs().max().item() <= 1e-4
 
 
+@pytest.mark.parametrize("budget_rows", [1, 4, 100])
+def test_columns_stay_under_the_budget(monkeypatch, budget_rows: int) -> None:
+    sampled_bytes = []
+    real_grid_sample = F.grid_sample
+
+    def recording_grid_sample(*args, **kwargs):
+        out = real_grid_sample(*args, **kwargs)
+        sampled_bytes.append(out.numel() * out.element_size())
+        return out
+
+    monkeypatch.setattr(F, "grid_sample", recording_grid_sample)
+    case = make_case(b=2, c=8, h=20, w=13, groups=2, offset_scale=3.0)
+    budget = budget_rows * 2 * 8 * 9 * 13 * 4  # whole output rows of float32 columns
+    with torch.no_grad():
+        ours, theirs = run_both(case, max_columns_bytes=budget)
+    assert (ours - theirs).abs().max().item() <= 1e-4
+    assert max(sampled_bytes) <= budget
+    assert len(sampled_bytes) == -(-20 // min(budget_rows, 20))  # ceil(rows / rows per chunk)
+
+
 def test_half_precision_samples_wide_frames_accurately() -> None:
     # A float16 sampling grid would be off by about a pixel at this width.
     case = make_case(c=4, out_ch=4, h=3, w=1500, groups=2, offset_scale=0.3)
