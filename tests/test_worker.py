@@ -417,3 +417,42 @@ def test_a_busy_worker_is_waited_for_beyond_the_timeout(worker_endpoint, tiny_we
             out = session.process(2, (0, 1, 2, 3, 4), planes)
             client.timeout = 30
     assert out.shape == (3, h, w) and np.isfinite(out).all()
+
+
+def test_random_messages_always_get_a_reply(worker_endpoint, tiny_weights):
+    """Two hundred malformed or random messages: each is answered, and the worker still renders afterwards."""
+    rng = np.random.default_rng(10)
+    keys = ["v", "op", "id", "frames", "width", "height", "sample_type", "weights", "model", "tile", "overlap",
+            "session", "n", "window", "buffers", "device", "precision"]
+    values = [None, True, -1, 0, 1, 3, 5, 2**70, 1.5, "", "x", "float", "cpu", [], [1, 2], [0, 0, 0, 0, 0],
+              {"index": 0}, [{"index": 0, "shape": [3, 4, 4], "dtype": "float32"}], "ping", "process",
+              "open_session", "close_session", "stats"]  # never "shutdown": the worker is shared
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(worker_endpoint)
+    try:
+        for _ in range(200):
+            kind = rng.integers(3)
+            if kind == 0:
+                parts = [rng.bytes(int(rng.integers(0, 64)))]
+            else:
+                head = {k: values[rng.integers(len(values))] for k in rng.choice(keys, int(rng.integers(0, 8)))}
+                if kind == 2:
+                    head.update(v=P.PROTOCOL_VERSION, id=int(rng.integers(0, 2**31)))
+                parts = [json.dumps(head).encode()] + [rng.bytes(int(rng.integers(0, 300)))
+                                                       for _ in range(int(rng.integers(0, 3)))]
+            sock.send_multipart(parts)
+            assert sock.poll(10_000), f"no reply to {parts[0][:80]!r}"
+            reply = json.loads(sock.recv_multipart()[0])
+            assert reply["status"] in ("ok", "error")
+            if reply["status"] == "error":
+                assert reply["code"] in P.ERROR_CODES and reply["code"] != P.INTERNAL and reply["message"]
+    finally:
+        sock.close()
+    planes = clip(5)
+    with WorkerClient(worker_endpoint, autostart=False) as client:
+        with client.open_session(frames=5, width=W, height=H, sample_type="float",
+                                 weights=str(tiny_weights[5])) as session:
+            out = session.process(2, (0, 1, 2, 3, 4), planes)
+    assert np.abs(out - reference(tiny_weights[5], (0, 1, 2, 3, 4), planes)).max() <= 1e-5
