@@ -339,7 +339,8 @@ class Session:
         self._open()
 
     def _open(self) -> None:
-        reply, _ = self._client._request("open_session", **self.spec.to_header())
+        # Loading a model (or exporting its ONNX graphs once) can take longer than one timeout: wait while busy.
+        reply, _ = self._client._request("open_session", busy_wait=True, **self.spec.to_header())
         with self._lock:
             self.id = reply["session"]
             self.info = reply

@@ -285,6 +285,7 @@ def test_one_worker_per_endpoint_and_sigterm_shuts_down_cleanly(start_worker):
     assert proc.stdout.read() == b""  # nothing on stdout, ever
 
 
+@pytest.mark.slow
 def test_session_expiry_idle_timeout_and_cli_status_stop(start_worker, tiny_weights):
     endpoint, proc = start_worker("--idle-timeout", "2", "--session-timeout", "1")
     client = WorkerClient(endpoint, autostart=False)
