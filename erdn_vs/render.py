@@ -205,15 +205,21 @@ def render(args: argparse.Namespace) -> Path:
     with tempfile.TemporaryDirectory(prefix="erdn-deblur-") as tmp:
         vpy = Path(tmp) / "deblur.vpy"
         vpy.write_text(script)
+        try:
+            info = script_info(vpy)
+        except RenderError as e:
+            raise RenderError(f"rendering {input_path} failed: {e}") from None
+        vs_format, video_in = video_input_args(info)
         copy_audio = not args.no_audio
-        ff = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "yuv4mpegpipe", "-i", "pipe:0"]
+        ff = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *video_in, "-i", "pipe:0"]
         if copy_audio:
-            ff += audio_input_args(input_path, args.frames) + ["-map", "0:v:0", "-map", "1:a?", "-c:a", "copy"]
+            ff += audio_input_args(input_path, args.frames, info["fps"])
+            ff += ["-map", "0:v:0", "-map", "1:a?", "-c:a", "copy"]
         else:
             ff += ["-map", "0:v:0"]
         ff += encoder_args(args.codec, args.crf, args.pix_fmt, args.lossless, args.preset)
-        ff += (["-shortest"] if copy_audio else []) + [str(partial)]
-        vs_cmd = [vspipe_exe(), "-c", "y4m", "-p", str(vpy), "-"]
+        ff += [str(partial)]  # no -shortest: a short audio track must never cost video frames
+        vs_cmd = [vspipe_exe(), *vs_format, "-p", str(vpy), "-"]
         vs_log: list[bytes] = []
         vs = subprocess.Popen(vs_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         enc = subprocess.Popen(ff, stdin=vs.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -241,28 +247,45 @@ def render(args: argparse.Namespace) -> Path:
     return output
 
 
-def audio_input_args(input_path: Path, frame_range: FrameRange | None) -> list[str]:
+def audio_input_args(input_path: Path, frame_range: FrameRange | None, fps: float) -> list[str]:
     """ffmpeg's second input (the source, for its audio), cut to the frame range if there is one."""
     if frame_range is None:
         return ["-i", str(input_path)]
-    fps = probe_fps(input_path)
     opts = ["-ss", f"{frame_range.start / fps:.6f}"]
     if frame_range.end is not None:
         opts += ["-t", f"{(frame_range.end - frame_range.start) / fps:.6f}"]
     return opts + ["-i", str(input_path)]
 
 
-def probe_fps(input_path: Path) -> float:
-    code = (
-        "import vapoursynth as vs, sys; c = vs.core.bs.VideoSource(sys.argv[1]); "
-        "sys.stderr.write(f'{c.fps.numerator}/{c.fps.denominator}')"
-    )
-    r = subprocess.run([sys.executable, "-c", code, str(input_path)], capture_output=True, text=True, timeout=120)
-    num, _, den = r.stderr.strip().rpartition("\n")[-1].partition("/")
-    try:
-        return int(num) / int(den)
-    except ValueError:
-        raise RenderError(f"cannot read the frame rate of {input_path}: {r.stderr.strip()}") from None
+def script_info(vpy: Path) -> dict[str, str | float]:
+    """The output clip's format, as ``vspipe --info`` reports it (evaluates the script, renders nothing)."""
+    r = subprocess.run([vspipe_exe(), "--info", str(vpy)], capture_output=True, text=True, timeout=600,
+                       stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        raise RenderError(f"the script could not be evaluated:\n{(r.stderr or r.stdout).strip()}")
+    info: dict[str, str | float] = {}
+    for line in r.stdout.splitlines():
+        key, _, value = line.partition(":")
+        info[key.strip()] = value.strip()
+    num, _, den = str(info.get("FPS", "0/0")).split(" ")[0].partition("/")
+    info["fps"] = int(num) / int(den) if num.isdigit() and den.isdigit() and int(den) else 0.0
+    return info
+
+
+_RGB_PIX_FMT = {("Integer", "8"): "gbrp", ("Integer", "10"): "gbrp10le", ("Integer", "12"): "gbrp12le",
+                ("Integer", "16"): "gbrp16le", ("Float", "32"): "gbrpf32le"}
+
+
+def video_input_args(info: dict[str, str | float]) -> tuple[list[str], list[str]]:
+    """(vspipe output options, ffmpeg input options): y4m for YUV/GRAY; raw planar RGB (G, B, R planes) for RGB."""
+    if info.get("Color Family") != "RGB":
+        return ["-c", "y4m"], ["-f", "yuv4mpegpipe"]
+    pix_fmt = _RGB_PIX_FMT.get((str(info.get("Sample Type")), str(info.get("Bits"))))
+    if pix_fmt is None or not info["fps"]:
+        raise RenderError(f"cannot encode an {info.get('Format Name')} clip at {info.get('FPS')} fps: "
+                          "convert it to RGB24/RGB48/RGBS or YUV first")
+    return [], ["-f", "rawvideo", "-pix_fmt", pix_fmt, "-s", f"{info['Width']}x{info['Height']}",
+                "-r", str(info["FPS"]).split(" ")[0]]
 
 
 def main(argv: list[str]) -> int:
