@@ -157,3 +157,15 @@ def test_load_rejects_foreign_safetensors(tmp_path):
     save_file({"x": torch.zeros(2)}, str(path), metadata={"something": json.dumps(1)})
     with pytest.raises(WeightsError, match="not ERDN weights"):
         load_model(path)
+
+
+def test_residual_preset_starts_as_the_identity():
+    """lite adds each input to its restored frame, with zeroed last convs: a fresh model returns its input."""
+    torch.manual_seed(4)
+    model = build_model("lite", frames=5).eval()
+    assert model.cfg.residual and not PRESETS["paper"].residual
+    x = torch.rand(1, 5, 3, 16, 24)
+    with torch.no_grad():
+        full = model.cascade(x)
+    torch.testing.assert_close(full.out, x[:, 2], atol=1e-6, rtol=0)
+    torch.testing.assert_close(full.stages[1].aligned, x[:, 1:4], atol=1e-6, rtol=0)

@@ -25,8 +25,9 @@ def one_torch_thread():
 def perfect_output(sharp: torch.Tensor) -> CascadeOutput:
     """What a perfect 5-frame cascade would return for the window's sharp frames."""
     g = GradientMap(3)
-    stages = [StageOutput(sharp[:, i + 1], g(sharp[:, i + 1]), sharp[:, i : i + 3]) for i in range(3)]
-    stages.append(StageOutput(sharp[:, 2], g(sharp[:, 2]), sharp[:, 1:4]))
+    aligned = lambda c: sharp[:, c : c + 1].expand(-1, 3, -1, -1, -1)  # noqa: E731  every slot shows the centre
+    stages = [StageOutput(sharp[:, i + 1], g(sharp[:, i + 1]), aligned(i + 1)) for i in range(3)]
+    stages.append(StageOutput(sharp[:, 2], g(sharp[:, 2]), aligned(2)))
     return CascadeOutput(sharp[:, 2], stages)
 
 
@@ -67,17 +68,20 @@ def test_gradient_term_compares_with_the_sharp_frames_gradient_map(sharp: torch.
 def test_each_stage_is_compared_with_its_own_triplet(sharp: torch.Tensor) -> None:
     out = perfect_output(sharp)
     stages = list(out.stages)
-    # stage 2 aligns the stage-1 outputs at t-1, t, t+1: comparing it with sharp (t-2, t-1, t) must cost
-    stages[3] = StageOutput(stages[3].out, stages[3].grad, sharp[:, 0:3])
+    # stage 2's alignment is judged against sharp t: unaligned frames (t-1, t, t+1) must cost
+    stages[3] = StageOutput(stages[3].out, stages[3].grad, sharp[:, 1:4])
     _, terms = CascadeLoss()(CascadeOutput(out.out, stages), sharp)
-    assert terms["align"] == pytest.approx(F.l1_loss(sharp[:, 0:3], sharp[:, 1:4]).item(), rel=1e-5)
+    expected = F.l1_loss(sharp[:, 1:4], sharp[:, 2:3].expand(-1, 3, -1, -1, -1)).item()
+    assert expected > 0.01
+    assert terms["align"] == pytest.approx(expected, rel=1e-5)
     assert terms["stage2"] > 0 and terms["stage1_0"] == terms["stage1_1"] == terms["stage1_2"] == 0
 
 
 def test_three_frame_model_has_one_stage_loss() -> None:
     sharp = torch.rand(1, 3, 3, H, W)
     g = GradientMap(3)
-    out = CascadeOutput(sharp[:, 1], [StageOutput(sharp[:, 1], g(sharp[:, 1]), sharp)])
+    centre3 = sharp[:, 1:2].expand(-1, 3, -1, -1, -1)
+    out = CascadeOutput(sharp[:, 1], [StageOutput(sharp[:, 1], g(sharp[:, 1]), centre3)])
     total, terms = CascadeLoss()(out, sharp)
     assert total.item() == pytest.approx(0.0, abs=1e-7) and "stage1" in terms
     with pytest.raises(ValueError, match="3 or 5"):

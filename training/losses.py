@@ -4,10 +4,13 @@ For each stage: L_stage = L_rec + L_grad + lambda * L_align, where
 - L_rec is L1 between the restored frame and the sharp centre frame,
 - L_grad is L1 between the stage's recovered gradient map and the gradient map (Eq. 6)
   of the sharp centre frame,
-- L_align is L1 between the alignment module's restored triplet and the sharp frames it
-  stands for.
-With 5 frames, stage 1 runs on the triplets centred at t-1, t, t+1 (each compared with
-its own centre and neighbours) and stage 2 on their outputs (compared with sharp t-1, t, t+1).
+- L_align is L1 between each of the alignment module's three restored frames and the sharp
+  reference (centre) frame: the module aligns the neighbours *onto the reference* (its offsets
+  are predicted from neighbour and reference features together, and the sharpness mask
+  compares the aligned frames with the centre), so a neighbour that is rebuilt well is the
+  reference's content, not its own frame's.
+With 5 frames, stage 1 runs on the triplets centred at t-1, t, t+1 (each against its own
+centre's sharp frame) and stage 2 on their outputs (against sharp t).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ class CascadeLoss(nn.Module):
         return {
             "rec": F.l1_loss(stage.out, centre),
             "grad": F.l1_loss(stage.grad, self.gradient_map(centre)),
-            "align": F.l1_loss(stage.aligned, sharp_triplet),
+            "align": F.l1_loss(stage.aligned, centre.unsqueeze(1).expand_as(stage.aligned)),
         }
 
     def forward(self, output: CascadeOutput, sharp: Tensor) -> tuple[Tensor, dict[str, float]]:

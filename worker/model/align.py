@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import ScaledResBlock
+from .blocks import ScaledResBlock, channels_last
 from .dcn import ModulatedDeformConvPack
 from .encoder_decoder import EncoderDecoder
 from .presets import ERDNConfig
@@ -23,6 +23,11 @@ LEVELS = 4
 
 def _lrelu(x: Tensor) -> Tensor:
     return F.leaky_relu(x, 0.1)
+
+
+def _lrelu_(x: Tensor) -> Tensor:
+    """In place: only on a fresh conv output, which no backward needs."""
+    return F.leaky_relu(x, 0.1, inplace=True)
 
 
 class ERFBlock(nn.Module):
@@ -36,14 +41,21 @@ class ERFBlock(nn.Module):
 
     def __init__(self, branches: int, feat: int) -> None:
         super().__init__()
-        paths = [nn.Sequential(nn.Conv2d(2 * feat, feat, 1), nn.LeakyReLU(0.1), nn.Conv2d(feat, feat, 3, 1, 1),
-                               nn.LeakyReLU(0.1))]
+        # Every LeakyReLU follows a conv, so it can work in place.
+        paths = [
+            nn.Sequential(
+                nn.Conv2d(2 * feat, feat, 1),
+                nn.LeakyReLU(0.1, True),
+                nn.Conv2d(feat, feat, 3, 1, 1),
+                nn.LeakyReLU(0.1, True),
+            )
+        ]
         for i in range(branches - 1):
             dilation = 2 ** (i + 2) - 1
-            layers: list[nn.Module] = [nn.Conv2d(2 * feat, feat, 3, 1, 1), nn.LeakyReLU(0.1)]
+            layers: list[nn.Module] = [nn.Conv2d(2 * feat, feat, 3, 1, 1), nn.LeakyReLU(0.1, True)]
             for _ in range(-(-(dilation - 3) // 4)):  # ceil((d - 3) / 4) 5x5 convs
-                layers += [nn.Conv2d(feat, feat, 5, 1, 2), nn.LeakyReLU(0.1)]
-            layers += [nn.Conv2d(feat, feat, 3, 1, dilation, dilation=dilation), nn.LeakyReLU(0.1)]
+                layers += [nn.Conv2d(feat, feat, 5, 1, 2), nn.LeakyReLU(0.1, True)]
+            layers += [nn.Conv2d(feat, feat, 3, 1, dilation, dilation=dilation), nn.LeakyReLU(0.1, True)]
             paths.append(nn.Sequential(*layers))
         self.paths = nn.ModuleList(paths)
         self.fuse = nn.Conv2d(branches * feat, feat, 1) if branches > 1 else None
@@ -74,16 +86,16 @@ class PyramidAlignment(nn.Module):
         for i in reversed(range(LEVELS)):
             offset = _lrelu(self.offset_erf[i](torch.cat([nbr[i], ref[i]], dim=1)))
             if up_offset is not None:
-                offset = _lrelu(self.offset_fuse[i](torch.cat([offset, up_offset], dim=1)))
-            feat = self.dcn[i](nbr[i], offset)
+                offset = _lrelu_(self.offset_fuse[i](torch.cat([offset, up_offset], dim=1)))
+            feat = channels_last(self.dcn[i](nbr[i], offset))
             if up_feat is not None:
                 feat = self.feat_fuse[i](torch.cat([feat, up_feat], dim=1))
             if i > 0:
                 feat = _lrelu(feat)
-                up_offset = _upsample2(offset) * 2
+                up_offset = _upsample2(offset).mul_(2)
                 up_feat = _upsample2(feat)
-        offset = _lrelu(self.cascade_offset2(_lrelu(self.cascade_offset1(torch.cat([feat, ref[0]], dim=1)))))
-        return _lrelu(self.cascade_dcn(feat, offset))
+        offset = _lrelu_(self.cascade_offset2(_lrelu_(self.cascade_offset1(torch.cat([feat, ref[0]], dim=1)))))
+        return channels_last(_lrelu(self.cascade_dcn(feat, offset)))
 
 
 def _upsample2(x: Tensor) -> Tensor:
@@ -113,25 +125,33 @@ class AlignmentModule(nn.Module):
         self.pyramid_align = PyramidAlignment(f, cfg.deform_groups)
         self.reconstruct = nn.Sequential(*(ScaledResBlock(f) for _ in range(cfg.reconstruct_blocks)))
         self.conv_last = nn.Conv2d(f, 3, 3, 1, 1)
+        self.residual = cfg.residual
+        if cfg.residual:
+            for last in (self.conv_last, self.center.out_block[-1]):
+                nn.init.zeros_(last.weight)
+                nn.init.zeros_(last.bias)
 
     def _down(self, level: int, x: Tensor) -> Tensor:
         conv_stride, conv = self.down[level]
-        return _lrelu(conv(_lrelu(conv_stride(x))))
+        return _lrelu_(conv(_lrelu_(conv_stride(x))))
 
     def forward(self, x: Tensor) -> Tensor:
         b, t, c, h, w = x.shape
         # Neighbour pyramid (both neighbours as one batch: slot 0 then slot 2).
-        nbr = torch.cat([x[:, 0], x[:, 2]], dim=0)
-        nbr_l = [self.extract(_lrelu(self.conv_first(nbr)))]
+        nbr = channels_last(torch.cat([x[:, 0], x[:, 2]], dim=0))
+        nbr_l = [self.extract(_lrelu_(self.conv_first(nbr)))]
         for level in range(LEVELS - 1):
             nbr_l.append(self._down(level, nbr_l[-1]))
 
         # Reference pyramid from the centre encoder, which also pre-deblurs the reference.
-        enc = self.center.encode(x.reshape(b, t * c, h, w))
+        enc = self.center.encode(channels_last(x.reshape(b, t * c, h, w)))
         ref_l = [proj(e) for proj, e in zip(self.center_to_pyramid, enc, strict=True)]
         ref_l.append(self._down(LEVELS - 2, ref_l[-1]))
         center = self.center.decode(enc)
 
         aligned = self.pyramid_align(nbr_l, [torch.cat([r, r], dim=0) for r in ref_l])
         rebuilt = self.conv_last(self.reconstruct(aligned))
+        if self.residual:
+            rebuilt = rebuilt + nbr
+            center = center + x[:, 1]
         return torch.stack([rebuilt[:b], center, rebuilt[b:]], dim=1)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .align import LEVELS, AlignmentModule
-from .blocks import GradientMap, luckiness
+from .blocks import GradientMap, channels_last, luckiness
 from .encoder_decoder import EncoderDecoder
 from .fusion import GradientBranch
 from .presets import ERDNConfig
@@ -38,15 +38,31 @@ class Stage(nn.Module):
         self.restore = EncoderDecoder(10, cfg.restore_feat, cfg.restore_blocks, cfg.kernel_size)
         self.gradient = GradientBranch(cfg.restore_feat, cfg.gradient_in_blocks, cfg.gradient_blocks)
         self.gradient_map = GradientMap(3)
+        self.residual = cfg.residual
+        if cfg.residual:
+            zero_last_conv(self.restore.out_block)
 
     def forward(self, triplet: Tensor) -> StageOutput:
         check_stage_input(triplet)
-        grad_in = self.gradient_map(triplet[:, 1])
+        grad_in = channels_last(self.gradient_map(triplet[:, 1]))
         aligned = self.align(triplet)
         b, t, c, h, w = aligned.shape
-        feats = self.restore.encode(torch.cat([aligned.reshape(b, t * c, h, w), luckiness(aligned)], dim=1))
+        feats = self.restore.encode(
+            channels_last(torch.cat([aligned.reshape(b, t * c, h, w), luckiness(aligned)], dim=1))
+        )
         modulated, grad = self.gradient(grad_in, feats)
-        return StageOutput(self.restore.decode(modulated), grad, aligned)
+        out = self.restore.decode(modulated)
+        if self.residual:
+            out = out + triplet[:, 1]
+        # The NHWC layout stays inside the stage: callers get plain contiguous tensors.
+        return StageOutput(out.contiguous(), grad.contiguous(), aligned.contiguous())
+
+
+def zero_last_conv(module: nn.Module) -> None:
+    """Start a residual output at zero, so the block begins as the identity."""
+    last = [m for m in module.modules() if isinstance(m, nn.Conv2d)][-1]
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
 
 
 def check_stage_input(x: Tensor) -> None:

@@ -36,7 +36,9 @@ class GradientBranch(nn.Module):
         self.to_gradient = nn.Conv2d(feat, 3, 3, padding=1)
 
         def condition(ch: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(ch, ch, 3, padding=1))
+            return nn.Sequential(
+                nn.Conv2d(ch, ch, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(ch, ch, 3, padding=1)
+            )
 
         self.sft_scale = nn.ModuleList(condition(feat * 2**i) for i in range(3))
         self.sft_shift = nn.ModuleList(condition(feat * 2**i) for i in range(3))
@@ -50,7 +52,7 @@ class GradientBranch(nn.Module):
         d1 = self.decoder1(self.up2(d2) + e1)
         d0 = self.out_block(self.up1(d1) + e0)
         modulated = [
-            f * scale(g) + shift(g)
+            (f * scale(g)).add_(shift(g))  # in place on the fresh product: one big allocation less
             for f, g, scale, shift in zip(feats, (d0, d1, d2), self.sft_scale, self.sft_shift, strict=True)
         ]
         return modulated, self.to_gradient(d0)

@@ -26,18 +26,26 @@ class ERDNConfig:
     kernel_size: int = 5  # kernel of both encoder-decoders
     gradient_in_blocks: int = 4  # residual blocks on the gradient input
     gradient_blocks: int = 2  # residual blocks per scale of the gradient branch
+    # Add the input frame to each restored frame (centre, aligned neighbours, stage output), with
+    # those outputs' last convs starting at zero: a fresh model is the identity. Not in the official
+    # code (the paper preset keeps it off, so its checkpoints load); it lets small models trained
+    # on little compute start from the blurry input instead of from noise.
+    residual: bool = False
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if not isinstance(value, int) or value < 1:
+            if f.name == "residual":
+                if not isinstance(value, bool):
+                    raise ValueError(f"ERDNConfig.residual must be true or false, got {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ERDNConfig.{f.name} must be a positive integer, got {value!r}")
         if self.align_feat % self.deform_groups:
             raise ValueError("ERDNConfig.align_feat must be a multiple of deform_groups")
         if self.kernel_size % 2 == 0:
             raise ValueError("ERDNConfig.kernel_size must be odd")
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | bool]:
         return asdict(self)
 
     @classmethod
@@ -65,6 +73,7 @@ PRESETS: dict[str, ERDNConfig] = {
         kernel_size=3,
         gradient_in_blocks=1,
         gradient_blocks=1,
+        residual=True,
     ),
     # For tests: tiny but every part present.
     "tiny": ERDNConfig(
