@@ -128,3 +128,11 @@ def test_bad_options_are_refused(tmp_path: Path) -> None:
         synthesize(small(tmp_path / "f", clips=0, test_clips=1), progress=False)
     with pytest.raises(SystemExit, match="holds no images"):
         synthesize(small(tmp_path / "g", stills=(str(tmp_path),)), progress=False)
+
+
+def test_noise_and_jpeg_touch_only_the_blurry_frames(tmp_path: Path) -> None:
+    clean = synthesize(small(tmp_path / "clean", noise=0.0), progress=False)
+    rough = synthesize(small(tmp_path / "rough", noise=0.02, jpeg=30), progress=False)
+    a, b = find_videos(clean, "train")[0], find_videos(rough, "train")[0]
+    assert np.array_equal(read_rgb(a.sharp[1]), read_rgb(b.sharp[1]))
+    assert np.abs(read_rgb(a.blur[1]).astype(int) - read_rgb(b.blur[1]).astype(int)).mean() > 1.0
