@@ -82,6 +82,14 @@ def test_train_then_resume_matches_an_uninterrupted_run(tmp_path: Path, dataset:
     assert losses(tmp_path / "b") == losses(run_a)
     a, b = load_file(run_a / "final.safetensors"), load_file(tmp_path / "b" / "final.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the exported weights are exactly the trained state, and give the same output once loaded
+    trained = load_checkpoint(run_a / "last.ckpt")["model"]
+    assert all(torch.equal(trained[k], a[k]) for k in a)
+    x = torch.rand(1, 5, 3, 16, 16)
+    fresh = build_model("tiny", 5).eval()
+    fresh.load_state_dict(trained)
+    with torch.no_grad():
+        assert torch.equal(model(x), fresh(x))
     # and training moved the weights away from their initialisation (the run seeds the init with `seed`)
     torch.manual_seed(1)
     initial = build_model("tiny", 5).state_dict()
