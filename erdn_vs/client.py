@@ -31,6 +31,7 @@ LIVENESS_INTERVAL = 3.0  # while waiting for a reply, ping the worker this often
 MAX_PROCESS_ATTEMPTS = 6  # resends after need_frames / session reopen before giving up
 MAX_BUSY_EXTENSIONS = 20  # a process request may wait this many timeouts while the worker is computing
 ENDPOINT_IN_USE = 3  # the worker's exit code when another worker holds the endpoint
+OVERLOAD_BACKOFF = (0.02, 0.5)  # first and longest wait before resending a request the worker had no room for
 
 
 class WorkerError(Exception):
@@ -61,6 +62,10 @@ class _SessionLost(WorkerError):
     """The worker no longer knows the session (expired or restarted): reopen it."""
 
 
+class _Overloaded(WorkerError):
+    """The worker's queue is full: wait a little and resend."""
+
+
 _ERRORS: dict[str, type[WorkerError]] = {
     P.BAD_REQUEST: ProtocolMismatch,
     P.VERSION_MISMATCH: ProtocolMismatch,
@@ -69,6 +74,7 @@ _ERRORS: dict[str, type[WorkerError]] = {
     P.CONFIG_ERROR: ConfigError,
     P.BUSY: WorkerBusy,
     P.SHUTTING_DOWN: WorkerUnavailable,
+    P.OVERLOADED: _Overloaded,
     P.INTERNAL: WorkerError,
 }
 
@@ -76,7 +82,7 @@ _ERRORS: dict[str, type[WorkerError]] = {
 class _NoReply(Exception):
     def __init__(self, dead: bool = False) -> None:
         super().__init__()
-        self.dead = dead  # a ping just went unanswered too
+        self.dead = dead  # a ping just went unanswered too, or another worker process answers now
 
 
 def worker_command(endpoint: str, worker_args: list[str] | None = None) -> list[str]:
@@ -100,14 +106,28 @@ def _child_env() -> dict[str, str]:
 
 
 class WorkerClient:
-    """Talks to one worker endpoint. Thread-safe: every thread gets its own DEALER socket."""
+    """Talks to one worker endpoint. Thread-safe: every thread gets its own DEALER socket.
+
+    ``curve`` (default: on for a tcp:// host other than loopback, or when $ERDN_WORKER_CURVE=1) uses
+    CurveZMQ with this user's client key pair and the worker's public key (``erdn worker keys``).
+    """
 
     def __init__(self, endpoint: str | None = None, *, autostart: bool = True, timeout: float = 30.0,
-                 worker_args: list[str] | None = None) -> None:
-        self.endpoint = P.check_endpoint(endpoint or P.default_endpoint())
+                 worker_args: list[str] | None = None, curve: bool | None = None) -> None:
+        from . import keys
+
+        endpoint = endpoint or P.default_endpoint()
+        if curve is None:
+            curve = keys.curve_forced() or (isinstance(endpoint, str) and endpoint.startswith("tcp://")
+                                            and not P.is_loopback(endpoint))
+        self.endpoint = P.check_endpoint(endpoint, curve=curve)
+        self.curve_keys = keys.client_keys() if curve else None  # KeysError (a ValueError) says what to do
         self.autostart = autostart
         self.timeout = float(timeout)
         self.worker_args = list(worker_args or [])
+        if curve and "--curve" not in self.worker_args:
+            self.worker_args.append("--curve")
+        self._worker_pid: int | None = None  # the worker process that last answered a ping
         self._ctx = zmq.Context()
         self._local = threading.local()
         self._sockets: list[zmq.Socket] = []
@@ -164,12 +184,20 @@ class WorkerClient:
         with self._ids_lock:
             return next(self._ids)
 
+    def _new_socket(self) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        if self.curve_keys is not None:
+            sock.curve_secretkey = self.curve_keys.secret
+            sock.curve_publickey = self.curve_keys.public
+            sock.curve_serverkey = self.curve_keys.server_public
+        sock.connect(self.endpoint)
+        return sock
+
     def _socket(self) -> zmq.Socket:
         sock = getattr(self._local, "sock", None)
         if sock is None:
-            sock = self._ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(self.endpoint)
+            sock = self._new_socket()
             self._local.sock = sock
             with self._sockets_lock:
                 self._sockets.append(sock)
@@ -189,6 +217,7 @@ class WorkerClient:
         """Send one request and wait for its reply (matched by id); raises _NoReply on timeout."""
         sock = self._socket()
         sock.send_multipart(P.encode(header, buffers), copy=False)
+        sent_to = self._worker_pid
         now = time.monotonic()
         deadline = now + timeout
         next_check = now + LIVENESS_INTERVAL
@@ -196,7 +225,9 @@ class WorkerClient:
         while True:
             now = time.monotonic()
             if now >= next_check:  # a long wait: make sure the worker is still there (it may have died)
-                if not self._alive():
+                pong = self._ping_reply()
+                # Another process answers: the worker died and was restarted, and our request died with it.
+                if pong is None or (sent_to is not None and pong.get("pid") != sent_to):
                     self._drop_socket()
                     raise _NoReply(dead=True)
                 next_check = time.monotonic() + LIVENESS_INTERVAL
@@ -228,10 +259,8 @@ class WorkerClient:
 
     def _ping_reply(self) -> dict | None:
         """Ping on a separate short-lived socket (this thread's socket is waiting for a reply)."""
-        sock = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
+        sock = self._new_socket()
         try:
-            sock.connect(self.endpoint)
             rid = self._next_id()
             sock.send_multipart(P.encode(P.request("ping", rid)))
             deadline = time.monotonic() + PING_TIMEOUT
@@ -242,6 +271,8 @@ class WorkerClient:
                     except P.ProtocolError:
                         continue
                     if reply.get("id") == rid:
+                        if type(reply.get("pid")) is int:
+                            self._worker_pid = reply["pid"]
                         return reply
             return None
         finally:
@@ -304,7 +335,10 @@ class WorkerClient:
         """One request -> its ok reply (header, buffers). Error replies raise the mapped WorkerError."""
         timeout = self.timeout if timeout is None else timeout
         dead = False
-        for attempt in range(2):
+        restarts = 0
+        overloaded_until = None
+        backoff = OVERLOAD_BACKOFF[0]
+        while True:
             if start:
                 self._ensure_worker(known_dead=dead)
             header = P.request(op, self._next_id(), **fields)
@@ -312,16 +346,26 @@ class WorkerClient:
                 reply, bufs = self._exchange(header, arrays or [], timeout, busy_wait)
             except _NoReply as e:
                 self._ready = False
-                if attempt == 0 and start and self.autostart and (e.dead or not self._alive()):
-                    dead = True
-                    continue  # the worker died: start a new one and resend
+                if restarts == 0 and start and self.autostart and (e.dead or not self._alive()):
+                    restarts, dead = 1, True
+                    continue  # the worker died: start a new one (or find the one another thread started), resend
+                if e.dead and not self.autostart:
+                    raise self._unavailable(f"stopped answering while a {op!r} request was pending "
+                                            "(autostart is off)") from None
                 raise self._unavailable(f"did not answer a {op!r} request within {timeout:g} s") from None
+            dead = False
             status = reply.get("status")
             if status == "error":
                 cls = _ERRORS.get(reply.get("code"), WorkerError)
+                if cls is _Overloaded:  # its queue is full: wait and resend, for up to one timeout
+                    now = time.monotonic()
+                    overloaded_until = overloaded_until or now + timeout
+                    if now < overloaded_until:
+                        time.sleep(backoff)
+                        backoff = min(2 * backoff, OVERLOAD_BACKOFF[1])
+                        continue
                 raise cls(f"erdn worker at {self.endpoint}: {reply.get('message', 'unknown error')}")
             return reply, bufs
-        raise AssertionError("unreachable")
 
 
 class Session:

@@ -34,9 +34,10 @@ MODEL_ERROR = "model_error"  # weights/manifest missing, damaged or not matching
 CONFIG_ERROR = "config_error"  # a device/precision/backend/tile option the worker cannot honour
 BUSY = "busy"  # too many sessions
 SHUTTING_DOWN = "shutting_down"
+OVERLOADED = "overloaded"  # the request queue is full: the client waits a little and resends
 INTERNAL = "internal"  # a bug in the worker; the message names the log file
 ERROR_CODES = (BAD_REQUEST, VERSION_MISMATCH, UNKNOWN_SESSION, MODEL_ERROR, CONFIG_ERROR, BUSY,
-               SHUTTING_DOWN, INTERNAL)
+               SHUTTING_DOWN, OVERLOADED, INTERNAL)
 
 SAMPLE_TYPES = {"half": np.dtype("<f2"), "float": np.dtype("<f4")}
 DTYPE_NAMES = {np.dtype("<f2"): "float16", np.dtype("<f4"): "float32"}
@@ -49,6 +50,7 @@ MAX_FRAME_BYTES = 3 * MAX_PIXELS * 4
 MAX_SOURCE_INDEX = 2**40
 MAX_OVERLAP = 256
 MIN_TILE = 32
+MAX_BUFFERS = 5  # a process request carries at most one buffer per window frame
 
 ENDPOINT_ENV = "ERDN_WORKER_ENDPOINT"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
@@ -98,8 +100,20 @@ def ipc_path(endpoint: str) -> Path | None:
     return Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
 
 
-def check_endpoint(endpoint: str) -> str:
-    """Accept ipc://PATH and tcp://HOST:PORT; anything else is a clear ValueError."""
+def is_loopback(endpoint: str) -> bool:
+    """True for ipc:// and tcp:// on a loopback host."""
+    if endpoint.startswith("ipc://"):
+        return True
+    host = endpoint[len("tcp://"):].rpartition(":")[0]
+    return host in LOOPBACK_HOSTS
+
+
+def check_endpoint(endpoint: str, curve: bool = False) -> str:
+    """Accept ipc://PATH and tcp://HOST:PORT; anything else is a clear ValueError.
+
+    A TCP host other than loopback needs ``curve`` (CurveZMQ keys): without it anyone on the network
+    could open sessions that name files the worker reads.
+    """
     if not isinstance(endpoint, str):
         raise ValueError(f"endpoint must be a string, got {type(endpoint).__name__}")
     if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
@@ -108,9 +122,12 @@ def check_endpoint(endpoint: str) -> str:
         return endpoint
     if endpoint.startswith("tcp://") and ":" in endpoint[len("tcp://"):]:
         host, _, port = endpoint[len("tcp://"):].rpartition(":")
-        if host not in LOOPBACK_HOSTS:
-            # No authentication or encryption on the wire, and a session names files the worker reads.
-            raise ValueError(f"endpoint {endpoint!r}: the worker only listens on loopback (tcp://127.0.0.1:PORT)")
+        if not host:
+            raise ValueError(f"endpoint {endpoint!r}: give a host (tcp://127.0.0.1:PORT)")
+        if host not in LOOPBACK_HOSTS and not curve:
+            raise ValueError(f"endpoint {endpoint!r}: a worker off loopback needs CurveZMQ keys; create them with "
+                             "`erdn worker keys` and use --curve (client: $ERDN_WORKER_CURVE=1), or use "
+                             "tcp://127.0.0.1:PORT")
         if not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"endpoint {endpoint!r}: the port must be a number from 1 to 65535")
         return endpoint
@@ -294,6 +311,8 @@ def parse_process(header: dict[str, Any], buffers: list, spec: SessionSpec) -> P
         raise ProtocolError(BAD_REQUEST,
                             f"'window' must be a list of {spec.frames} source indices >= 0, got {window!r}")
     descs = header.get("buffers", [])
+    if len(buffers) > MAX_BUFFERS:
+        raise ProtocolError(BAD_REQUEST, f"a process request carries at most {MAX_BUFFERS} buffers, got {len(buffers)}")
     if not isinstance(descs, list) or len(descs) != len(buffers):
         raise ProtocolError(
             BAD_REQUEST, f"header describes {len(descs) if isinstance(descs, list) else '?'} buffers, "
@@ -315,5 +334,9 @@ def parse_process(header: dict[str, Any], buffers: list, spec: SessionSpec) -> P
         expected = 3 * spec.height * spec.width * dtype.itemsize
         if view.nbytes != expected:
             raise ProtocolError(BAD_REQUEST, f"buffer {index} has {view.nbytes} bytes, its shape needs {expected}")
-        frames[index] = np.frombuffer(view, dtype=dtype).reshape(shape)
+        array = np.frombuffer(view, dtype=dtype).reshape(shape)
+        if not np.isfinite(array).all():  # one NaN would spread through the session's cached results
+            raise ProtocolError(BAD_REQUEST, f"buffer {index} holds NaN or infinite samples; frames must be "
+                                "finite (clamp or fix the source clip)")
+        frames[index] = array
     return ProcessRequest(session, n, tuple(window), frames)

@@ -1,4 +1,5 @@
-"""``erdn worker``: serve in the foreground; ``erdn worker status`` / ``erdn worker stop`` query a running one."""
+"""``erdn worker``: serve in the foreground; ``erdn worker status`` / ``erdn worker stop`` query a running one;
+``erdn worker keys`` creates the CurveZMQ keys a worker off loopback needs."""
 
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ def _endpoint_arg(p: argparse.ArgumentParser) -> None:
 
 
 def serve_parser() -> argparse.ArgumentParser:
+    from erdn_vs import protocol as P
+
     from .config import DEFAULT_MAX_PIXELS
 
     p = argparse.ArgumentParser(prog="erdn worker", description="Run the persistent ERDN worker in the foreground "
-                                "(logs go to stderr). Subcommands: `erdn worker status`, `erdn worker stop`.")
+                                "(logs go to stderr). Subcommands: `erdn worker status`, `erdn worker stop`, "
+                                "`erdn worker keys`.")
     _endpoint_arg(p)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
@@ -39,6 +43,15 @@ def serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-window-ms", type=float, default=4.0,
                    help="how long to collect concurrent requests into one batch")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: its default)")
+    p.add_argument("--max-frame-pixels", type=int, default=P.MAX_PIXELS,
+                   help=f"refuse sessions whose frames have more pixels than this (default {P.MAX_PIXELS})")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests that may wait for the model; more are answered 'overloaded' (default 64)")
+    p.add_argument("--max-queue-mb", type=float, default=1024,
+                   help="MiB of frames that may wait for the model (default 1024)")
+    p.add_argument("--curve", action="store_true",
+                   help="CurveZMQ: encrypt and accept only clients whose key is in the keys' authorized/ "
+                        "directory (required for a tcp:// host other than loopback; keys: `erdn worker keys`)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -56,13 +69,19 @@ def serve_main(argv: list[str]) -> int:
     from .server import EndpointInUse, Server
 
     for name, value in (("--cache-mb", args.cache_mb * 1024), ("--max-sessions", args.max_sessions),
-                        ("--max-pixels", args.max_pixels), ("--max-batch", args.max_batch)):
+                        ("--max-pixels", args.max_pixels), ("--max-batch", args.max_batch),
+                        ("--max-frame-pixels", args.max_frame_pixels), ("--max-queue", args.max_queue),
+                        ("--max-queue-mb", args.max_queue_mb * 1024)):
         if value < 1:
             print(f"erdn worker: {name} is too small", file=sys.stderr)
             return 2
     try:
-        endpoint = P.check_endpoint(args.endpoint or P.default_endpoint())
+        endpoint = P.check_endpoint(args.endpoint or P.default_endpoint(), curve=args.curve)
         P.check_device(args.device)
+        if args.curve:
+            from erdn_vs.keys import server_keys
+
+            server_keys()  # missing keys: one clear line now, not an error from the I/O thread
     except (ValueError, P.ProtocolError) as e:
         print(f"erdn worker: {e}", file=sys.stderr)
         return 2
@@ -70,7 +89,8 @@ def serve_main(argv: list[str]) -> int:
                           idle_timeout=args.idle_timeout, session_timeout=args.session_timeout,
                           cache_mb=args.cache_mb, max_sessions=args.max_sessions, max_pixels=args.max_pixels,
                           max_batch=args.max_batch, manifest=args.manifest, batch_window_ms=args.batch_window_ms,
-                          threads=args.threads)
+                          threads=args.threads, max_frame_pixels=args.max_frame_pixels, max_queue=args.max_queue,
+                          max_queue_mb=args.max_queue_mb, curve=args.curve)
     try:
         return Server(config).serve()
     except EndpointInUse as e:
@@ -101,7 +121,25 @@ def _query_main(command: str, argv: list[str]) -> int:
     return 0
 
 
+def keys_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="erdn worker keys", description="Create the CurveZMQ server and client key "
+                                "pairs (existing ones are kept) and authorize the client key.")
+    p.add_argument("--dir", default=None, help="key directory (default: $ERDN_KEYS_DIR, else "
+                   "$XDG_CONFIG_HOME/erdn-vs/curve)")
+    args = p.parse_args(argv)
+    from pathlib import Path
+
+    from erdn_vs.keys import generate_keys
+
+    directory = generate_keys(Path(args.dir) if args.dir else None)
+    print(f"CurveZMQ keys in {directory}: server.key (give it to clients), client.key_secret (this user's "
+          f"client), authorized/ (client public keys the worker accepts)")
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "keys":
+        return keys_main(argv[1:])
     if argv and argv[0] in ("status", "stop"):
         return _query_main(argv[0], argv[1:])
     if argv and argv[0] == "serve":

@@ -23,3 +23,7 @@ class WorkerConfig:
     max_batch: int = 8
     batch_window_ms: float = 4.0
     threads: int = 0  # torch intra-op threads (0: torch's default)
+    max_frame_pixels: int = 8192 * 4352  # a session for larger frames is refused (protocol.MAX_PIXELS)
+    max_queue: int = 64  # requests waiting for the compute thread; more are answered "overloaded"
+    max_queue_mb: float = 1024  # bytes of frames waiting for the compute thread; more are answered "overloaded"
+    curve: bool = False  # CurveZMQ: encrypt and accept only authorized client keys (required off loopback)

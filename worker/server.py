@@ -75,8 +75,10 @@ class Server:
         self._lock_file = _hold_endpoint_lock(config.endpoint)
         router = self.ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
-        router.setsockopt(zmq.MAXMSGSIZE, P.MAX_FRAME_BYTES + 1)  # bigger parts drop the peer, not the worker
+        # A part bigger than the largest frame a session may have drops the peer, not the worker.
+        router.setsockopt(zmq.MAXMSGSIZE, max(3 * config.max_frame_pixels * 4, P.MAX_HEADER_BYTES) + 1)
         router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        authenticator = self._setup_curve(router) if config.curve else None
         path = P.ipc_path(config.endpoint)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,6 +124,8 @@ class Server:
             compute.join(timeout=2)
             router.close(linger=0)
             replies.close(linger=0)
+            if authenticator is not None:
+                authenticator.stop()
             if compute.is_alive():  # still importing torch or inside a long stage: it is a daemon, leave it
                 log.warning("compute thread still busy; exiting without waiting for it")
             else:
@@ -131,6 +135,23 @@ class Server:
             self._lock_file.close()
             log.info("erdn worker stopped")
         return 0
+
+    def _setup_curve(self, router: zmq.Socket) -> Any:
+        """CurveZMQ on the ROUTER: encrypted, and only clients whose public key is authorized get through
+        (the ZAP handler refuses the others during the handshake, so they never reach ``_on_message``)."""
+        from zmq.auth.thread import ThreadAuthenticator
+
+        from erdn_vs.keys import server_keys
+
+        keys = server_keys()
+        authenticator = ThreadAuthenticator(self.ctx, log=logging.getLogger("erdn.worker.auth"))
+        authenticator.start()
+        authenticator.configure_curve(domain="*", location=str(keys.authorized))
+        router.curve_secretkey = keys.secret
+        router.curve_publickey = keys.public
+        router.curve_server = True
+        log.info("CurveZMQ on: clients need a key from %s", keys.authorized)
+        return authenticator
 
     def _idle_expired(self) -> bool:
         if self.config.idle_timeout <= 0:
@@ -158,6 +179,9 @@ class Server:
             op, request_id = P.check_request_header(header)
             if op != "process" and len(frames) > 1:
                 raise P.ProtocolError(P.BAD_REQUEST, f"op {op!r} takes no buffers, got {len(frames) - 1}")
+            if len(frames) - 1 > P.MAX_BUFFERS:
+                raise P.ProtocolError(P.BAD_REQUEST, f"a request carries at most {P.MAX_BUFFERS} buffers, "
+                                      f"got {len(frames) - 1}")
             if op == "ping":
                 with self.stats.lock:
                     queued = self.stats.queue_depth
@@ -174,13 +198,28 @@ class Server:
                 send(P.reply_ok(request_id))
                 self.stop.set()
             else:
+                size = sum(len(f) for f in frames[1:])
                 with self.stats.lock:
-                    self.stats.queue_depth += 1
-                self.jobs.put((op, identity, request_id, header, [f.buffer for f in frames[1:]]))
+                    full = (self.stats.queue_depth >= self.config.max_queue
+                            or self.stats.queue_bytes + size > self.config.max_queue_mb * (1 << 20))
+                    if not full:
+                        self.stats.queue_depth += 1
+                        self.stats.queue_bytes += size
+                        self.stats.max_queue_depth = max(self.stats.max_queue_depth, self.stats.queue_depth)
+                if full:  # bounded memory whatever the peers send; well-behaved clients resend
+                    self.stats.add(overloaded=1)
+                    raise P.ProtocolError(P.OVERLOADED, f"the worker has {self.config.max_queue} requests or "
+                                          f"{self.config.max_queue_mb:g} MiB queued; resend a little later")
+                self.jobs.put((op, identity, request_id, header, [f.buffer for f in frames[1:]], size))
         except P.ProtocolError as e:
             self.stats.add(errors=1)
-            log.warning("bad request: %s", e.message)
+            if e.code != P.OVERLOADED:
+                log.warning("bad request: %s", e.message)
             send(P.reply_error(request_id, e.code, e.message))
+        except Exception as e:  # a bug here must not end the I/O thread: answer and go on
+            log.exception("request failed in the I/O thread")
+            self.stats.add(errors=1)
+            send(P.reply_error(request_id, P.INTERNAL, self._internal_message(e)))
 
     # ------------------------------------------------------------ compute thread
 
@@ -199,7 +238,10 @@ class Server:
         try:
             while not self.stop.is_set():
                 if manager is not None and time.monotonic() - last_expiry > 1:
-                    manager.expire()
+                    try:
+                        manager.expire()
+                    except Exception:  # never let the compute thread die: its queue would fill for good
+                        log.exception("session expiry failed")
                     last_expiry = time.monotonic()
                 try:
                     job = self.jobs.get(timeout=1.0)
@@ -223,6 +265,7 @@ class Server:
                 self.busy = True  # before the queue shrinks, so a ping never sees neither
                 with self.stats.lock:
                     self.stats.queue_depth -= len(batch)
+                    self.stats.queue_bytes -= sum(job[5] for job in batch)
                 try:
                     self._run(manager, batch, out)
                 finally:
@@ -248,7 +291,8 @@ class Server:
         return SessionManager(backend=c.backend, device=c.device, cache_bytes=int(c.cache_mb * (1 << 20)),
                               manifest=c.manifest,
                               max_sessions=c.max_sessions, session_timeout=c.session_timeout,
-                              max_pixels=c.max_pixels, max_batch=c.max_batch, stats=self.stats)
+                              max_pixels=c.max_pixels, max_batch=c.max_batch, stats=self.stats,
+                              max_frame_pixels=c.max_frame_pixels)
 
     def _run(self, manager, batch: list, out: zmq.Socket) -> None:
         def replier(identity: bytes, request_id: int):
@@ -259,7 +303,7 @@ class Server:
             return reply
 
         process = []
-        for op, identity, request_id, header, buffers in batch:
+        for op, identity, request_id, header, buffers, _ in batch:
             reply = replier(identity, request_id)
             if manager is None:
                 reply((P.reply_error(None, P.CONFIG_ERROR, self.load_error or "worker not ready"), []))

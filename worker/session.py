@@ -100,6 +100,9 @@ class Stats:
     batched_requests: int = 0
     errors: int = 0
     queue_depth: int = 0
+    queue_bytes: int = 0  # frame bytes of the queued requests
+    max_queue_depth: int = 0  # the deepest the queue has been
+    overloaded: int = 0  # requests refused because the queue was full
     sessions: dict[str, dict] = field(default_factory=dict)
     cache_bytes: int = 0
     cache_evictions: int = 0
@@ -157,7 +160,8 @@ class SessionManager:
 
     def __init__(self, *, backend: str = "torch", device: str = "auto", cache_bytes: int = 1 << 30,
                  max_sessions: int = 16, session_timeout: float = 600.0, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_batch: int = 8, manifest: str | None = None, stats: Stats | None = None) -> None:
+                 max_batch: int = 8, manifest: str | None = None, stats: Stats | None = None,
+                 max_frame_pixels: int = P.MAX_PIXELS) -> None:
         self.manifest = Path(manifest) if manifest else None
         self.backend_kind = backend
         self.default_device = device
@@ -166,6 +170,7 @@ class SessionManager:
         self.session_timeout = session_timeout
         self.max_pixels = max_pixels
         self.max_batch = max_batch
+        self.max_frame_pixels = max_frame_pixels
         self.stats = stats or Stats()
         self.sessions: dict[str, WorkerSession] = {}
         self._backends: dict[tuple, Backend] = {}
@@ -174,6 +179,10 @@ class SessionManager:
 
     def open(self, header: dict) -> dict:
         spec = P.SessionSpec.from_header(header)
+        if spec.width * spec.height > self.max_frame_pixels:
+            raise P.ProtocolError(P.CONFIG_ERROR, f"{spec.width}x{spec.height} frames are larger than this worker's "
+                                  f"maximum of {self.max_frame_pixels} pixels (--max-frame-pixels); resize the clip "
+                                  "or restart the worker with a larger --max-frame-pixels")
         self.expire()
         if len(self.sessions) >= self.max_sessions:
             raise P.ProtocolError(P.BUSY, f"this worker already has {len(self.sessions)} open sessions (its "
