@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("training.synth", "make paired blurry/sharp training clips (stills or your own high-fps video)"),
     "train": ("training.train", "train ERDN from a YAML config (resumes; torchrun for several GPUs)"),
     "eval": ("training.evaluate", "PSNR/SSIM of weights on a dataset, beside the blurry input's own"),
+    "bench": ("worker.bench", "measure speed: model, worker, vspipe pipeline, stage-1 cache, vs-mlrt, cold/warm start"),
 }
 
 

@@ -1,0 +1,173 @@
+"""``erdn bench``: argument parsing, the loop over presets and sizes, the table and the JSON file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SECTIONS = ("throughput", "start", "pipeline", "cache", "vsmlrt")
+PROG = "erdn bench"
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a size looks like 640x360, got {text!r}") from None
+    if w < 8 or h < 8:
+        raise argparse.ArgumentTypeError(f"size {text!r}: width and height must be at least 8")
+    return w, h
+
+
+def _list(kind, allowed: tuple[str, ...] | None = None):
+    def parse(text: str) -> list:
+        items = [kind(v.strip()) for v in text.split(",") if v.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("give at least one value")
+        bad = [v for v in items if allowed is not None and v not in allowed]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown {bad}; choose from {', '.join(allowed or ())}")
+        return items
+    return parse
+
+
+def parser() -> argparse.ArgumentParser:
+    from worker.model import PRESETS
+
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Measure speed side by side with random fixed-seed weights (speed, not quality): model "
+        "throughput, cold/warm start, vspipe over the worker against the worker alone, the stage-1 cache, and "
+        "vs-mlrt on the same weights. Prints raw figures and ratios against the targets.")
+    p.add_argument("--preset", type=_list(str, tuple(PRESETS)), default=["lite"],
+                   help="preset(s), comma-separated (default lite; paper is slow on a CPU: use a small size)")
+    p.add_argument("--sizes", type=_list(_size), default=None,
+                   help="WxH list (default 640x360,1280x720, plus 1920x1080 with CUDA)")
+    p.add_argument("--frames", type=int, default=10, help="clip length rendered through the worker (default 10)")
+    p.add_argument("--compare-frames", type=int, default=3,
+                   help="frames rendered by the stateless baselines, forward and vs-mlrt (default 3)")
+    p.add_argument("--only", type=_list(str, SECTIONS), default=list(SECTIONS),
+                   help=f"sections to run, comma-separated: {','.join(SECTIONS)}")
+    p.add_argument("--backends", type=_list(str, ("torch", "onnx")), default=["torch", "onnx"],
+                   help="backends of the throughput section (default torch,onnx)")
+    p.add_argument("--repeats", type=int, default=3, help="repetitions (medians) of stage timings and starts")
+    p.add_argument("--threads", type=int, default=2, help="torch/onnxruntime intra-op threads (default 2)")
+    p.add_argument("--vs-threads", type=int, default=0, help="VapourSynth core.num_threads (0: its default)")
+    p.add_argument("--batch", type=int, default=2, help="erdn_vs.deblur batch: requests in flight (default 2)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--official-forward-s", type=float, default=None,
+                   help="paper: seconds of the official ERDN forward per window at the same size, measured "
+                   "elsewhere; adds the ratio against the paper target")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write every figure as JSON")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    for name in ("frames", "compare_frames", "repeats", "threads", "batch"):
+        if getattr(args, name) < 1:
+            print(f"{PROG}: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
+    if args.frames < 3:
+        print(f"{PROG}: --frames must be at least 3 (a 5-frame window needs a clip to slide over)", file=sys.stderr)
+        return 2
+    import torch
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"{PROG}: --device {args.device}: no CUDA GPU here; use --device cpu", file=sys.stderr)
+        return 2
+    sizes = args.sizes or [(640, 360), (1280, 720)] + ([(1920, 1080)] if args.device.startswith("cuda") else [])
+    from erdn_vs.render import RenderError, vspipe_exe
+
+    from .harness import BenchError
+    from .vspipe import VspipeError
+
+    try:
+        vspipe = vspipe_exe()
+    except RenderError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    root = Path(tempfile.mkdtemp(prefix="erdn-bench-", dir="/tmp"))  # short: ipc paths have a length limit
+    saved_env = {k: os.environ.get(k) for k in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME")}
+    try:
+        sections = run_all(args, sizes, root, vspipe)
+    except (BenchError, VspipeError, RuntimeError) as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(root, ignore_errors=True)
+    header = [f"erdn bench: presets {','.join(args.preset)}, sizes {','.join(f'{w}x{h}' for w, h in sizes)}, "
+              f"{args.frames} frames (baselines {args.compare_frames}), threads {args.threads}, "
+              f"VapourSynth threads {args.vs_threads or 'default'}, batch {args.batch}, device {args.device}, "
+              f"{os.cpu_count()} CPUs, torch {torch.__version__}; random weights (seed {args.seed}): speed, "
+              "not quality"]
+    from .report import format_table
+
+    print(format_table(sections, header))
+    if args.json is not None:
+        report = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                  "sizes": [f"{w}x{h}" for w, h in sizes], "sections": [s.to_dict() for s in sections]}
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def run_all(args: argparse.Namespace, sizes: list[tuple[int, int]], root: Path, vspipe: str) -> list:
+    import torch
+
+    from worker.export import export_model
+    from worker.model import build_model, save_model
+
+    from . import sections as S
+    from .harness import Bench, child_env
+    from .vspipe import write_scripts
+
+    (root / "run").mkdir(mode=0o700)
+    env = child_env(root, args.threads)
+    os.environ["XDG_RUNTIME_DIR"] = env["XDG_RUNTIME_DIR"]  # this process's client: locks and log in there too
+    os.environ["XDG_CACHE_HOME"] = env["XDG_CACHE_HOME"]
+    deblur_vpy, vsmlrt_vpy = write_scripts(root)
+    out = []
+    for preset in args.preset:
+        torch.manual_seed(args.seed)
+        model = build_model(preset, frames=5)
+        weights = save_model(model, root / f"{preset}.safetensors")
+        onnx_dir = root / f"onnx-{preset}"
+        if "vsmlrt" in args.only or ("throughput" in args.only and "onnx" in args.backends):
+            t0 = time.perf_counter()
+            export_model(model, onnx_dir, weights_path=weights)
+            print(f"{PROG}: exported {preset} to ONNX in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        for w, h in sizes:
+            b = Bench(root=root, env=env, endpoint=f"ipc://{root}/run/bench.sock", vspipe=vspipe,
+                      deblur_vpy=deblur_vpy, vsmlrt_vpy=vsmlrt_vpy, preset=preset, width=w, height=h,
+                      length=args.frames, compare_frames=args.compare_frames, repeats=args.repeats,
+                      threads=args.threads, vs_threads=args.vs_threads, batch=args.batch, device=args.device,
+                      weights=weights, onnx_dir=onnx_dir)
+            try:
+                for key in SECTIONS:
+                    if key not in args.only:
+                        continue
+                    t0 = time.perf_counter()
+                    if key == "throughput":
+                        section = S.throughput(b, args.backends)
+                    elif key == "cache":
+                        section = S.cache(b, args.official_forward_s)
+                    else:
+                        section = getattr(S, key)(b)
+                    print(f"{PROG}: {preset} {w}x{h} {key} done in {time.perf_counter() - t0:.1f} s",
+                          file=sys.stderr)
+                    out.append(section)
+            finally:
+                b.stop_worker()
+    return out

@@ -1,0 +1,158 @@
+"""The bench's private world: a temp dir, fresh weights, the environment of every child, and the worker.
+
+Everything lives under one temp dir (the ipc socket, the worker's runtime dir and log, the
+ONNX files, the rendered frames) and goes away at the end; the worker is stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .clip import pattern_frame
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class BenchError(RuntimeError):
+    """A bench step that could not run; the message says which and why."""
+
+
+def child_env(root: Path, threads: int) -> dict[str, str]:
+    """Environment of vspipe, the worker and the measuring children: private runtime and cache dirs,
+    this checkout importable, and ``threads`` intra-op threads for any torch or OpenMP runtime."""
+    env = dict(os.environ)
+    env.pop("ERDN_WORKER_ENDPOINT", None)
+    env["XDG_RUNTIME_DIR"] = str(root / "run")
+    env["XDG_CACHE_HOME"] = str(root / "cache")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    env["OMP_NUM_THREADS"] = str(threads)  # an autostarted worker takes its torch threads from here
+    return env
+
+
+@dataclass
+class Bench:
+    """One preset at one frame size: the weights, the clip, the worker and measurements sections share."""
+
+    root: Path
+    env: dict[str, str]
+    endpoint: str
+    vspipe: str
+    deblur_vpy: Path
+    vsmlrt_vpy: Path
+    preset: str
+    width: int
+    height: int
+    length: int  # frames rendered through the worker
+    compare_frames: int  # frames rendered by the stateless baselines (forward, vs-mlrt)
+    repeats: int
+    threads: int  # the worker's torch intra-op threads
+    vs_threads: int  # VapourSynth's core.num_threads (0: its default)
+    batch: int  # erdn_vs.deblur's batch (requests in flight)
+    device: str
+    weights: Path
+    onnx_dir: Path
+    memo: dict = field(default_factory=dict)  # measurements that several sections use
+    _worker: subprocess.Popen | None = None
+    _frames: list[np.ndarray] | None = None
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+    def frames(self) -> list[np.ndarray]:
+        if self._frames is None:
+            self._frames = [pattern_frame(n, self.width, self.height) for n in range(self.length)]
+        return self._frames
+
+    def script_args(self, *, autostart: bool, length: int | None = None) -> dict[str, object]:
+        return {"width": self.width, "height": self.height, "length": length or self.length,
+                "weights": self.weights, "endpoint": self.endpoint, "autostart": int(autostart),
+                "batch": self.batch, "vs_threads": self.vs_threads, "onnx": self.onnx_dir / "window.onnx"}
+
+    # ------------------------------------------------------------ the worker
+
+    def client(self, timeout: float = 600.0):
+        from erdn_vs.client import WorkerClient
+
+        return WorkerClient(self.endpoint, autostart=False, timeout=timeout)
+
+    def worker_pid(self) -> int | None:
+        """The pid of the worker serving the endpoint, or None when none answers."""
+        from erdn_vs.client import WorkerError
+
+        try:
+            with self.client(timeout=2.0) as c:
+                return int(c.ping()["pid"])
+        except WorkerError:
+            return None
+
+    def stats(self) -> dict:
+        with self.client(timeout=10.0) as c:
+            return c.stats()
+
+    def start_worker(self) -> None:
+        """Start ``python -m worker`` on the private endpoint with the bench's threads, if none serves it."""
+        if self.worker_pid() is not None:
+            return
+        log = open(self.root / "worker.log", "ab")  # noqa: SIM115 (the child holds it)
+        self._worker = subprocess.Popen(
+            [sys.executable, "-m", "worker", "--endpoint", self.endpoint, "--threads", str(self.threads),
+             "--device", self.device, "--idle-timeout", "1800"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=self.env)
+        log.close()
+        deadline = time.monotonic() + 120
+        while self.worker_pid() is None:
+            if self._worker.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"the worker did not start; see {self.root / 'worker.log'}")
+            time.sleep(0.2)
+
+    def load_model(self) -> None:
+        """Open and close a session, so the worker holds the model before a timed run."""
+        with self.client() as c:
+            c.open_session(frames=5, width=self.width, height=self.height, sample_type="float",
+                           weights=str(self.weights)).close()
+
+    def stop_worker(self) -> None:
+        """Stop whatever worker serves the endpoint (ours or an autostarted one) and wait until it is gone."""
+        from erdn_vs.client import WorkerError
+
+        pid = self.worker_pid()
+        if pid is not None:
+            try:
+                with self.client(timeout=5.0) as c:
+                    c.shutdown()
+            except WorkerError:
+                pass
+            deadline = time.monotonic() + 30
+            while _alive(pid) and time.monotonic() < deadline:
+                if self._worker is not None and self._worker.pid == pid:
+                    self._worker.poll()  # reap our own child
+                time.sleep(0.05)
+            if _alive(pid):
+                raise BenchError(f"the worker (pid {pid}) did not stop within 30 s")
+        if self._worker is not None:
+            if self._worker.poll() is None:
+                self._worker.terminate()
+            self._worker.wait(timeout=30)
+            self._worker = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # Our own exited child stays a zombie until reaped; /proc tells the two apart.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,112 @@
+"""Section 1: one stage evaluation's time and peak memory, per backend and frame size.
+
+Each (backend, size) runs in a fresh child process, so that memory one measurement
+allocated (and the allocator kept) never hides another's peak. On the CPU the peak is
+the resident set size sampled every 2 ms during the runs, minus what it was before the
+first run (model and input already loaded); on CUDA it is torch.cuda.max_memory_allocated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+_CHILD = "import sys; from worker.bench.model_speed import child_main; sys.exit(child_main(sys.argv[1]))"
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRss:
+    """Highest resident set size seen while the ``with`` block runs (sampled by a thread)."""
+
+    def __enter__(self) -> PeakRss:
+        self.start = _rss_bytes()
+        self.peak = self.start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+
+def child_main(spec_json: str) -> int:
+    """Time stage 1 and stage 2 on one random triplet; print one JSON line."""
+    import numpy as np
+    import torch
+
+    spec = json.loads(spec_json)
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    h, w = (-(-spec["height"] // 8) * 8, -(-spec["width"] // 8) * 8)
+    x = torch.rand(1, 3, 3, h, w, generator=torch.Generator().manual_seed(0))
+    if spec["backend"] == "torch":
+        from worker.model import load_model
+
+        model = load_model(spec["weights"], device).eval()
+        x = x.to(device)
+        stages = {1: model.run_stage1, 2: model.run_stage2}
+
+        def run(stage: int) -> None:
+            with torch.inference_mode():
+                stages[stage](x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+    else:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = spec["threads"]
+        options.log_severity_level = 3
+        providers = ["CPUExecutionProvider"] if device.type == "cpu" else ["CUDAExecutionProvider"]
+        sessions = {i: ort.InferenceSession(str(Path(spec["onnx_dir"]) / f"stage{i}.onnx"), options,
+                                            providers=providers) for i in (1, 2)}
+        feed = np.ascontiguousarray(x.reshape(1, 9, h, w).numpy())
+
+        def run(stage: int) -> None:
+            sess = sessions[stage]
+            sess.run(None, {sess.get_inputs()[0].name: feed})
+
+    times: dict[int, list[float]] = {1: [], 2: []}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with PeakRss() as rss:
+        for r in range(spec["repeats"] + 1):  # the first round warms up and is not timed
+            for stage in (1, 2):
+                t0 = time.perf_counter()
+                run(stage)
+                if r:
+                    times[stage].append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak - rss.start
+    print(json.dumps({"stage1_s": statistics.median(times[1]), "stage2_s": statistics.median(times[2]),
+                      "peak_bytes": peak}))
+    return 0
+
+
+def measure(*, weights: Path, onnx_dir: Path | None, backend: str, width: int, height: int, threads: int,
+            repeats: int, device: str, env: dict[str, str]) -> dict[str, float]:
+    """Median seconds of one stage-1 and one stage-2 evaluation, and the peak memory, from a child process."""
+    spec = {"weights": str(weights), "onnx_dir": str(onnx_dir) if onnx_dir else None, "backend": backend,
+            "width": width, "height": height, "threads": threads, "repeats": repeats, "device": device}
+    proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)], capture_output=True, env=env,
+                          timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"model throughput ({backend}, {width}x{height}) failed: "
+                           f"{proc.stderr.decode(errors='replace')[-2000:]}")
+    return json.loads(proc.stdout.decode().strip().splitlines()[-1])

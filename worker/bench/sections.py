@@ -1,0 +1,213 @@
+"""The bench's sections. Each takes a ``Bench`` (one preset at one size) and returns a ``Section``.
+
+Rendering the clip through the worker in order is the product's path; the baselines are the
+stateless ways to run the same weights: the full cascade per frame (the model's forward, which
+is also the official code's compute schedule: 4 stage evaluations per output frame) and vs-mlrt's
+ORT filter on the exported window graph.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+from erdn_vs import windows
+
+from .harness import Bench
+from .model_speed import measure
+from .report import Ratio, Section
+from .vspipe import read_rgbs, run_vspipe
+
+CACHE_TARGET = 1.8
+PIPELINE_TARGET = 0.95
+VSMLRT_TARGET = 1.8
+START_TARGET = 10.0
+PAPER_TARGET = 2.5
+
+
+def _delta(before: dict, after: dict) -> dict[str, float]:
+    keys = ("frames_served", "stage1_evals", "stage2_evals", "stage1_seconds", "stage2_seconds", "bytes_received",
+            "forward_calls")
+    return {k: after[k] - before[k] for k in keys}
+
+
+def _worker_figures(d: dict[str, float]) -> dict[str, float]:
+    frames = max(1, d["frames_served"])
+    return {"stage_evals_per_frame": (d["stage1_evals"] + d["stage2_evals"]) / frames,
+            "bytes_per_frame": d["bytes_received"] / frames,
+            "compute_s": d["stage1_seconds"] + d["stage2_seconds"]}
+
+
+# ------------------------------------------------------------ shared runs
+
+
+def deblur_run(b: Bench) -> dict:
+    """vspipe renders the clip through erdn_vs.deblur on the (warm) worker; raw RGBS frames to a file."""
+    if "deblur" not in b.memo:
+        b.start_worker()
+        b.load_model()
+        out = b.root / f"deblur-{b.preset}-{b.size}.raw"
+        before = b.stats()
+        run = run_vspipe(b.vspipe, b.deblur_vpy, b.script_args(autostart=False), out, b.env)
+        d = _delta(before, b.stats())
+        b.memo["deblur"] = {"run": run, "delta": d, "out": out}
+    return b.memo["deblur"]
+
+
+def direct_run(b: Bench) -> dict:
+    """The same frames pushed straight through the client's Session.process in order (no VapourSynth)."""
+    if "direct" not in b.memo:
+        b.start_worker()
+        b.load_model()
+        frames = b.frames()
+        planes = dict(enumerate(frames))
+        outputs = []
+        with b.client() as client:
+            before = b.stats()
+            t0 = time.perf_counter()
+            session = client.open_session(frames=5, width=b.width, height=b.height, sample_type="float",
+                                          weights=str(b.weights))
+            for n in range(b.length):
+                outputs.append(session.process(n, windows.temporal_window(n, b.length, 5, windows.no_cuts), planes))
+            seconds = time.perf_counter() - t0
+            session.close()
+            d = _delta(before, b.stats())
+        b.memo["direct"] = {"seconds": seconds, "delta": d, "outputs": outputs, "bytes_sent": session.bytes_sent}
+    return b.memo["direct"]
+
+
+# ------------------------------------------------------------ 1. model throughput
+
+
+def throughput(b: Bench, backends: list[str]) -> Section:
+    s = Section("throughput", f"1. model throughput: {b.preset} {b.size}, {b.threads} threads, {b.device}")
+    for backend in backends:
+        r = measure(weights=b.weights, onnx_dir=b.onnx_dir, backend=backend, width=b.width, height=b.height,
+                    threads=b.threads, repeats=b.repeats, device=b.device, env=b.env)
+        per_frame = r["stage1_s"] + r["stage2_s"]
+        s.row(f"{backend} ({b.device})", fps=1.0 / per_frame, stage1_s=r["stage1_s"], stage2_s=r["stage2_s"],
+              peak_mib=r["peak_bytes"] / 2**20)
+    s.notes.append(f"fps = 1 / (stage1_s + stage2_s): a sequential render with the stage-1 cache runs one stage-1 "
+                   f"and one stage-2 evaluation per output frame; medians of {b.repeats} runs after one warm-up; "
+                   "peak_mib: resident memory above the loaded model during the runs (CPU) or "
+                   "torch.cuda.max_memory_allocated (CUDA)")
+    return s
+
+
+# ------------------------------------------------------------ 2. pipeline efficiency
+
+
+def pipeline(b: Bench) -> Section:
+    s = Section("pipeline", f"2. pipeline efficiency: {b.preset} {b.size}, {b.length} frames, worker threads "
+                f"{b.threads}, VapourSynth threads {b.vs_threads or 'default'}, batch {b.batch}")
+    vs_run, direct = deblur_run(b), direct_run(b)
+    run, vd = vs_run["run"], vs_run["delta"]
+    direct_fps = b.length / direct["seconds"]
+    s.row("vspipe + erdn_vs.deblur", fps=run.fps, wall_s=run.wall_s, **_worker_figures(vd))
+    s.row("Session.process in order", fps=direct_fps, seconds=direct["seconds"],
+          **_worker_figures(direct["delta"]))
+    compute_fps = b.length / _worker_figures(vd)["compute_s"]
+    s.row("worker stage compute (vspipe run)", fps=compute_fps)
+    s.ratios.append(Ratio("pipeline efficiency", run.fps / direct_fps, PIPELINE_TARGET,
+                          "vspipe fps / Session.process fps, same frames, same worker and cache"))
+    s.ratios.append(Ratio("vspipe vs stage compute alone", run.fps / compute_fps, None,
+                          "vspipe fps / (frames / worker stage seconds during the vspipe run)"))
+    s.notes.append("vspipe's fps is its own figure (first request to last frame; the session opens inside it); "
+                   "the source is RGBS, so frames travel as float32")
+    return s
+
+
+# ------------------------------------------------------------ 3. the stage-1 cache (and 6. paper)
+
+
+def forward_per_frame(b: Bench) -> dict:
+    """The full cascade per output frame (the model's forward) on the first ``compare_frames`` windows."""
+    if "forward" not in b.memo:
+        import torch
+
+        from worker.model import load_model
+
+        torch.set_num_threads(b.threads)
+        device = torch.device("cuda" if b.device.startswith("cuda") else "cpu")
+        model = load_model(b.weights, device).eval()
+        frames = b.frames()
+        times, outputs = [], []
+        with torch.inference_mode():
+            for n in range(min(b.compare_frames, b.length)):
+                window = windows.temporal_window(n, b.length, 5, windows.no_cuts)
+                x = torch.from_numpy(np.stack([frames[i] for i in window]))[None].to(device)
+                t0 = time.perf_counter()
+                y = model(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times.append(time.perf_counter() - t0)
+                outputs.append(y[0].float().cpu().numpy())
+        b.memo["forward"] = {"median_s": statistics.median(times), "outputs": outputs}
+    return b.memo["forward"]
+
+
+def cache(b: Bench, official_forward_s: float | None = None) -> Section:
+    s = Section("cache", f"3. stage-1 cache: {b.preset} {b.size}, sequential render of {b.length} frames")
+    direct, forward = direct_run(b), forward_per_frame(b)
+    fig = _worker_figures(direct["delta"])
+    cached_s = direct["seconds"] / b.length
+    s.row("with cache (worker, in order)", fps=1 / cached_s, s_per_frame=cached_s, **fig,
+          client_bytes_per_frame=direct["bytes_sent"] / b.length)
+    s.row("without (full cascade per frame)", fps=1 / forward["median_s"], s_per_frame=forward["median_s"],
+          stage_evals_per_frame=4.0)
+    k = len(forward["outputs"])
+    diff = max(float(np.abs(a - f).max()) for a, f in zip(direct["outputs"], forward["outputs"], strict=False))
+    s.row(f"max |cached - forward|, frames 0..{k - 1}", max_abs_diff=diff)
+    s.ratios.append(Ratio("stage-1 cache speed-up", forward["median_s"] / cached_s, CACHE_TARGET,
+                          f"includes the clip edges: {(2 * b.length + 2)} evaluations for {b.length} frames"))
+    s.notes.append(f"'without' is the model's forward in the bench process ({b.threads} torch threads), median of "
+                   f"frames 0..{k - 1}; its cost does not depend on the frame")
+    if b.preset == "paper":
+        s.notes.append("paper: the forward runs the official compute schedule (4 stage evaluations per output "
+                       "frame, no reuse); the ratio above is our sequential render against it, in our code")
+        if official_forward_s is not None:
+            s.ratios.append(Ratio("paper vs official forward", official_forward_s / cached_s, PAPER_TARGET,
+                                  f"official forward {official_forward_s:g} s per window, measured separately"))
+    return s
+
+
+# ------------------------------------------------------------ 4. vs-mlrt
+
+
+def vsmlrt(b: Bench) -> Section:
+    k = min(b.compare_frames, b.length)
+    s = Section("vsmlrt", f"4. vs-mlrt (core.ort.Model, CPU) on window.onnx vs erdn_vs.deblur: {b.preset} {b.size}")
+    out = b.root / f"vsmlrt-{b.preset}-{b.size}.raw"
+    theirs = run_vspipe(b.vspipe, b.vsmlrt_vpy, b.script_args(autostart=False), out, b.env, end=k - 1)
+    ours = deblur_run(b)
+    ref = read_rgbs(ours["out"], b.length, b.width, b.height)[:k]
+    got = read_rgbs(out, k, b.width, b.height)
+    diff = float(np.abs(np.clip(got, 0, 1) - ref).max())
+    s.row(f"vs-mlrt ort, frames 0..{k - 1}", fps=theirs.fps, wall_s=theirs.wall_s)
+    s.row(f"erdn_vs.deblur, {b.length} frames", fps=ours["run"].fps, wall_s=ours["run"].wall_s)
+    s.row("max |vs-mlrt - deblur| (clamped)", max_abs_diff=diff)
+    s.ratios.append(Ratio("deblur vs vs-mlrt", ours["run"].fps / theirs.fps, VSMLRT_TARGET))
+    s.notes.append(f"same clip, same weights, both through vspipe; vs-mlrt renders {k} frames (its cost per frame "
+                   "does not depend on the clip), deblur the whole clip, edges included")
+    return s
+
+
+# ------------------------------------------------------------ 5. cold and warm start
+
+
+def start(b: Bench) -> Section:
+    s = Section("start", f"5. first frame: {b.preset} {b.size} (vspipe --end 0, whole process)")
+    cold, warm = [], []
+    for _ in range(b.repeats):
+        b.stop_worker()
+        cold.append(run_vspipe(b.vspipe, b.deblur_vpy, b.script_args(autostart=True), "--", b.env, end=0).wall_s)
+        warm.append(run_vspipe(b.vspipe, b.deblur_vpy, b.script_args(autostart=True), "--", b.env, end=0).wall_s)
+    cold_s, warm_s = statistics.median(cold), statistics.median(warm)
+    s.row("cold (worker autostart, model load)", seconds=cold_s)
+    s.row("warm (worker up, model loaded)", seconds=warm_s)
+    s.ratios.append(Ratio("cold / warm first frame", cold_s / warm_s, START_TARGET))
+    s.notes.append(f"medians of {b.repeats}; both include vspipe's start and frame 0's window (4 stage evaluations: "
+                   "a new session has no cached stage-1 results)")
+    return s
