@@ -236,7 +236,7 @@ def test_worker_sigkilled_mid_render_restarts_and_the_output_is_identical(isolat
 def test_worker_sigkilled_with_autostart_off_is_a_clear_error(start_worker, weights):
     endpoint, worker = start_worker()
     proc = subprocess.Popen(vspipe_cmd(weights, endpoint, length=200, autostart=0), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=worker_env())
+                            stderr=subprocess.PIPE, env=worker_env(), start_new_session=True)
     try:
         wait_for(lambda: (raw_ping(endpoint) or {}).get("frames_served", 0) >= 3, 60, "3 frames")
         worker.kill()
@@ -244,7 +244,7 @@ def test_worker_sigkilled_with_autostart_off_is_a_clear_error(start_worker, weig
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
     elapsed = time.monotonic() - killed
     text = err.decode(errors="replace")
     assert proc.returncode != 0
@@ -256,13 +256,14 @@ def test_worker_sigkilled_with_autostart_off_is_a_clear_error(start_worker, weig
 def test_vspipe_sigkilled_mid_render_frees_its_session(start_worker, weights):
     endpoint, worker = start_worker("--session-timeout", "2")
     assert (raw_ping(endpoint, timeout=5) or {})["sessions"] == 0
+    # .venv/bin/vspipe is a Python wrapper around the vspipe binary: SIGKILL the whole process group.
     proc = subprocess.Popen(vspipe_cmd(weights, endpoint, length=400), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=worker_env())
+                            stderr=subprocess.DEVNULL, env=worker_env(), start_new_session=True)
     try:
         wait_for(lambda: (s := raw_ping(endpoint) or {}) and s.get("frames_served", 0) >= 3 and s["cache_bytes"] > 0,
                  60, "the render to start")
     finally:
-        proc.send_signal(signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     killed = time.monotonic()
     wait_for(lambda: (s := raw_ping(endpoint) or {}) and s.get("sessions") == 0 and s["cache_bytes"] == 0, 30,
@@ -398,14 +399,15 @@ def _try_ping(client: WorkerClient) -> bool:
 
 
 PICKLE_PATTERNS = [
-    (r"\bimport (c?pickle|dill|joblib|marshal|shelve)\b|\bfrom (c?pickle|dill|joblib|marshal|shelve) import", "import"),
-    (r"\bpickle\.loads?\(|Unpickler", "pickle.load"),
-    (r"allow_pickle\s*=\s*True", "np.load(allow_pickle=True)"),
+    (r"\bimport (cPickle|_pickle|dill|joblib|marshal|shelve)\b|\bfrom (c?pickle|dill|joblib|marshal|shelve) import",
+     "import"),
+    (r"\bpickle\.(?!UnpicklingError\b)\w+", "pickle used for more than its UnpicklingError"),
+    (r"Unpickler|allow_pickle\s*=\s*True", "an unpickler or np.load(allow_pickle=True)"),
 ]
 
 
 def test_no_code_unpickles():
-    """No module imports pickle, and every torch.load passes weights_only=True."""
+    """No module unpickles (pickle is imported only for its exception), every torch.load passes weights_only=True."""
     offenders = []
     for root in ("erdn_vs", "worker", "training"):
         for path in (REPO / root).rglob("*.py"):
