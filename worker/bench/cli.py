@@ -57,7 +57,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", type=_list(str, ("torch", "onnx")), default=["torch", "onnx"],
                    help="backends of the throughput section (default torch,onnx)")
     p.add_argument("--repeats", type=int, default=3, help="repetitions (medians) of stage timings and starts")
-    p.add_argument("--threads", type=int, default=2, help="torch/onnxruntime intra-op threads (default 2)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="intra-op threads of torch and onnxruntime, in the worker and the measuring processes "
+                   "(default 1: on a busy 2-core machine, 2 threads ran 1.6-3x slower)")
     p.add_argument("--vs-threads", type=int, default=0, help="VapourSynth core.num_threads (0: its default)")
     p.add_argument("--batch", type=int, default=2, help="erdn_vs.deblur batch: requests in flight (default 2)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")

@@ -110,10 +110,10 @@ def pipeline(b: Bench) -> Section:
           **_worker_figures(direct["delta"]))
     compute_fps = b.length / _worker_figures(vd)["compute_s"]
     s.row("worker stage compute (vspipe run)", fps=compute_fps)
-    s.ratios.append(Ratio("pipeline efficiency", run.fps / direct_fps, PIPELINE_TARGET,
-                          "vspipe fps / Session.process fps, same frames, same worker and cache"))
-    s.ratios.append(Ratio("vspipe vs stage compute alone", run.fps / compute_fps, None,
-                          "vspipe fps / (frames / worker stage seconds during the vspipe run)"))
+    s.ratios.append(Ratio("pipeline efficiency", run.fps / compute_fps, PIPELINE_TARGET,
+                          "vspipe fps / (frames / seconds the worker computed stages during that same run)"))
+    s.ratios.append(Ratio("vspipe vs Session.process", run.fps / direct_fps, None,
+                          "two separate runs: load from other processes moves this one"))
     s.notes.append("vspipe's fps is its own figure (first request to last frame; the session opens inside it); "
                    "the source is RGBS, so frames travel as float32")
     return s

@@ -55,7 +55,7 @@ class VspipeError(RuntimeError):
 @dataclass
 class VspipeRun:
     wall_s: float  # the whole vspipe process: start, script evaluation, rendering, exit
-    fps: float  # vspipe's own figure: frames over the time from the first request to the last frame
+    fps: float  # vspipe's own timing: frames over the time from the first request to the last frame
     frames: int
     log: str
 
@@ -83,7 +83,11 @@ def run_vspipe(vspipe: str, script: Path, args: dict[str, object], out: Path | s
     match = _OUTPUT_LINE.search(log.replace("\r", "\n"))
     if proc.returncode != 0 or match is None:
         raise VspipeError(f"vspipe {script.name} failed (exit code {proc.returncode}): {log[-2000:]}")
-    return VspipeRun(wall_s=wall, fps=float(match.group(3)), frames=int(match.group(1)), log=log)
+    frames, seconds, fps = int(match.group(1)), float(match.group(2)), float(match.group(3))
+    # vspipe prints both with two decimals: take whichever is the more precise.
+    if seconds > 0 and seconds > fps:
+        fps = frames / seconds
+    return VspipeRun(wall_s=wall, fps=fps, frames=frames, log=log)
 
 
 def read_rgbs(path: Path, frames: int, width: int, height: int) -> np.ndarray:

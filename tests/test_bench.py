@@ -1,0 +1,122 @@
+"""``erdn bench``: structure and sanity of its figures (not their size: tests check correctness, not timings)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from worker.bench import cli as bench_cli
+from worker.bench.clip import pattern_frame
+from worker.bench.model_speed import PeakRss
+from worker.bench.report import Ratio, Section, format_table
+from worker.bench.vspipe import _OUTPUT_LINE, VspipeError, read_rgbs
+
+VSPIPE = Path(sys.executable).parent / "vspipe"
+MAY_BE_ZERO = ("peak_mib", "max_abs_diff")  # a tiny model may allocate nothing new; identical outputs differ by 0
+
+
+def test_pattern_frames_are_deterministic_moving_rgb_in_range() -> None:
+    a, b = pattern_frame(3, 40, 24), pattern_frame(3, 40, 24)
+    assert a.shape == (3, 24, 40) and a.dtype == np.float32
+    assert np.array_equal(a, b)
+    assert 0.0 <= a.min() and a.max() <= 1.0
+    assert np.abs(pattern_frame(4, 40, 24) - a).mean() > 0.01
+
+
+def test_vspipe_summary_line_and_raw_output(tmp_path) -> None:
+    m = _OUTPUT_LINE.search("Script evaluation done in 0.01 seconds\nOutput 5 frames in 0.01 seconds (628.77 fps)")
+    assert m is not None and (m.group(1), m.group(3)) == ("5", "628.77")
+    frames = np.random.default_rng(0).random((2, 3, 4, 5), dtype=np.float32)
+    frames.tofile(tmp_path / "out.raw")
+    assert np.array_equal(read_rgbs(tmp_path / "out.raw", 2, 5, 4), frames)
+    with pytest.raises(VspipeError, match="expected"):
+        read_rgbs(tmp_path / "out.raw", 3, 5, 4)
+
+
+def test_peak_rss_sees_an_allocation() -> None:
+    with PeakRss() as rss:
+        block = np.ones(64 << 20, np.uint8)  # 64 MiB, touched
+        del block
+    assert rss.peak - rss.start >= 48 << 20
+
+
+def test_ratio_status_and_table() -> None:
+    s = Section("x", "x. title")
+    s.row("a row", fps=2.5, bytes_per_frame=1000.0)
+    s.ratios += [Ratio("good", 2.0, 1.8), Ratio("bad", 0.5, 0.95), Ratio("shown", 1.0, None)]
+    assert [r.status for r in s.ratios] == ["PASS", "MISS", "info"]
+    text = format_table([s], ["header"])
+    assert "fps=2.5" in text and "PASS good: 2x, target >= 1.8x" in text and "MISS bad" in text
+    assert "shown" not in text.split("== targets")[1]
+    assert s.to_dict()["ratios"][1]["status"] == "MISS"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sizes", "640by360"], "a size looks like 640x360"),
+    (["--only", "pipeline,speed"], "unknown ['speed']"),
+    (["--preset", "huge"], "unknown ['huge']"),
+])
+def test_bad_arguments_are_one_clear_error(capsys, args, message) -> None:
+    with pytest.raises(SystemExit) as e:
+        bench_cli.main(args)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_too_short_clip_is_refused(capsys) -> None:
+    assert bench_cli.main(["--frames", "2"]) == 2
+    assert "--frames must be at least 3" in capsys.readouterr().err
+
+
+def _bench_processes() -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "erdn-bench-" in cmdline and int(entry.name) != os.getpid():
+                found.append(cmdline)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not VSPIPE.exists(), reason=f"vspipe not found next to {sys.executable}")
+def test_bench_runs_every_section_with_sane_figures(tmp_path, capsys) -> None:
+    w, h, n = 64, 48, 3
+    out = tmp_path / "bench.json"
+    assert bench_cli.main(["--preset", "tiny", "--sizes", f"{w}x{h}", "--frames", str(n), "--compare-frames", "2",
+                           "--repeats", "1", "--threads", "1", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    sections = {s["key"]: s for s in report["sections"]}
+    assert list(sections) == list(bench_cli.SECTIONS)
+    for s in report["sections"]:
+        assert s["rows"], s["key"]
+        assert s["title"] in table
+        for row in s["rows"]:
+            for name, value in row.items():
+                if name == "label":
+                    continue
+                assert isinstance(value, (int, float)) and math.isfinite(value), (s["key"], row)
+                assert value >= 0 if name in MAY_BE_ZERO else value > 0, (s["key"], row["label"], name, value)
+        for r in s["ratios"]:
+            assert math.isfinite(r["value"]) and r["value"] > 0
+            assert r["status"] == ("info" if r["target"] is None else "PASS" if r["value"] >= r["target"] else "MISS")
+    assert {r["label"] for r in sections["throughput"]["rows"]} == {"torch (cpu)", "onnx (cpu)"}
+    # The figures come from the right places: the worker's counters for an in-order render of n frames
+    # (stage-1 results reused; each source frame sent once as float32), the same output from every path.
+    rows = {r["label"]: r for r in sections["pipeline"]["rows"]}
+    for label in ("vspipe + erdn_vs.deblur", "Session.process in order"):
+        assert rows[label]["stage_evals_per_frame"] == pytest.approx((2 * n + 2) / n)
+        assert rows[label]["bytes_per_frame"] == 3 * w * h * 4
+    diffs = [r["max_abs_diff"] for key in ("cache", "vsmlrt") for r in sections[key]["rows"] if "max_abs_diff" in r]
+    assert len(diffs) == 2 and max(diffs) < 1e-4
+    assert _bench_processes() == []  # the worker and everything else the bench started are gone
