@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import ScaledResBlock, channels_last
+from .blocks import ScaledResBlock, channels_last, cpu_eager
 from .dcn import ModulatedDeformConvPack
 from .encoder_decoder import EncoderDecoder
 from .presets import ERDNConfig
@@ -135,23 +135,28 @@ class AlignmentModule(nn.Module):
         conv_stride, conv = self.down[level]
         return _lrelu_(conv(_lrelu_(conv_stride(x))))
 
-    def forward(self, x: Tensor) -> Tensor:
-        b, t, c, h, w = x.shape
-        # Neighbour pyramid (both neighbours as one batch: slot 0 then slot 2).
-        nbr = channels_last(torch.cat([x[:, 0], x[:, 2]], dim=0))
-        nbr_l = [self.extract(_lrelu_(self.conv_first(nbr)))]
+    def _rebuild_neighbours(self, nbr: Tensor, ref_l: list[Tensor]) -> Tensor:
+        """Pyramid of the neighbour frames ``nbr``, aligned onto the reference pyramid and rebuilt into frames."""
+        nbr_l = [self.extract(_lrelu_(self.conv_first(channels_last(nbr))))]
         for level in range(LEVELS - 1):
             nbr_l.append(self._down(level, nbr_l[-1]))
+        rebuilt = self.conv_last(self.reconstruct(self.pyramid_align(nbr_l, ref_l)))
+        return rebuilt + nbr if self.residual else rebuilt
 
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, c, h, w = x.shape
         # Reference pyramid from the centre encoder, which also pre-deblurs the reference.
         enc = self.center.encode(channels_last(x.reshape(b, t * c, h, w)))
         ref_l = [proj(e) for proj, e in zip(self.center_to_pyramid, enc, strict=True)]
         ref_l.append(self._down(LEVELS - 2, ref_l[-1]))
         center = self.center.decode(enc)
-
-        aligned = self.pyramid_align(nbr_l, [torch.cat([r, r], dim=0) for r in ref_l])
-        rebuilt = self.conv_last(self.reconstruct(aligned))
         if self.residual:
-            rebuilt = rebuilt + nbr
             center = center + x[:, 1]
-        return torch.stack([rebuilt[:b], center, rebuilt[b:]], dim=1)
+
+        if cpu_eager(x):  # one neighbour at a time (see cpu_eager)
+            before, after = (self._rebuild_neighbours(x[:, slot], ref_l) for slot in (0, 2))
+        else:  # both neighbours as one batch: slot 0 then slot 2
+            nbr = torch.cat([x[:, 0], x[:, 2]], dim=0)
+            rebuilt = self._rebuild_neighbours(nbr, [torch.cat([r, r], dim=0) for r in ref_l])
+            before, after = rebuilt[:b], rebuilt[b:]
+        return torch.stack([before, center, after], dim=1)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .align import LEVELS, AlignmentModule
-from .blocks import GradientMap, channels_last, luckiness
+from .blocks import GradientMap, channels_last, cpu_eager, luckiness
 from .encoder_decoder import EncoderDecoder
 from .fusion import GradientBranch
 from .presets import ERDNConfig
@@ -44,6 +44,12 @@ class Stage(nn.Module):
 
     def forward(self, triplet: Tensor) -> StageOutput:
         check_stage_input(triplet)
+        if cpu_eager(triplet) and triplet.shape[0] > 1:  # one triplet at a time (see cpu_eager)
+            parts = [self._forward(triplet[i : i + 1]) for i in range(triplet.shape[0])]
+            return StageOutput(*(torch.cat(outs, dim=0) for outs in zip(*parts, strict=True)))
+        return self._forward(triplet)
+
+    def _forward(self, triplet: Tensor) -> StageOutput:
         grad_in = channels_last(self.gradient_map(triplet[:, 1]))
         aligned = self.align(triplet)
         b, t, c, h, w = aligned.shape
