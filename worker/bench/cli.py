@@ -60,6 +60,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1,
                    help="intra-op threads of torch and onnxruntime, in the worker and the measuring processes "
                    "(default 1: on a busy 2-core machine, 2 threads ran 1.6-3x slower)")
+    p.add_argument("--worker-backend", choices=["torch", "onnx"], default="torch",
+                   help="the worker's --backend in the pipeline, cache and vs-mlrt sections (default torch)")
     p.add_argument("--vs-threads", type=int, default=0, help="VapourSynth core.num_threads (0: its default)")
     p.add_argument("--batch", type=int, default=2, help="erdn_vs.deblur batch: requests in flight (default 2)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
@@ -112,7 +114,8 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(root, ignore_errors=True)
     header = [f"erdn bench: presets {','.join(args.preset)}, sizes {','.join(f'{w}x{h}' for w, h in sizes)}, "
               f"{args.frames} frames (baselines {args.compare_frames}), threads {args.threads}, "
-              f"VapourSynth threads {args.vs_threads or 'default'}, batch {args.batch}, device {args.device}, "
+              f"worker backend {args.worker_backend}, VapourSynth threads {args.vs_threads or 'default'}, "
+              f"batch {args.batch}, device {args.device}, "
               f"{os.cpu_count()} CPUs, torch {torch.__version__}; random weights (seed {args.seed}): speed, "
               "not quality"]
     from .report import format_table
@@ -126,13 +129,11 @@ def main(argv: list[str]) -> int:
 
 
 def run_all(args: argparse.Namespace, sizes: list[tuple[int, int]], root: Path, vspipe: str) -> list:
-    import torch
 
-    from worker.export import export_model
-    from worker.model import build_model, save_model
+    from worker.export import export_weights
 
     from . import sections as S
-    from .harness import Bench, child_env
+    from .harness import Bench, child_env, random_weights
     from .vspipe import write_scripts
 
     (root / "run").mkdir(mode=0o700)
@@ -142,19 +143,19 @@ def run_all(args: argparse.Namespace, sizes: list[tuple[int, int]], root: Path, 
     deblur_vpy, vsmlrt_vpy = write_scripts(root)
     out = []
     for preset in args.preset:
-        torch.manual_seed(args.seed)
-        model = build_model(preset, frames=5)
-        weights = save_model(model, root / f"{preset}.safetensors")
+        weights = random_weights(preset, args.seed, root / f"{preset}.safetensors")
         onnx_dir = root / f"onnx-{preset}"
-        if "vsmlrt" in args.only or ("throughput" in args.only and "onnx" in args.backends):
+        if ("vsmlrt" in args.only or ("throughput" in args.only and "onnx" in args.backends)
+                or ("cache" in args.only and args.worker_backend == "onnx")):
             t0 = time.perf_counter()
-            export_model(model, onnx_dir, weights_path=weights)
+            export_weights(weights, onnx_dir)
             print(f"{PROG}: exported {preset} to ONNX in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         for w, h in sizes:
             b = Bench(root=root, env=env, endpoint=f"ipc://{root}/run/bench.sock", vspipe=vspipe,
                       deblur_vpy=deblur_vpy, vsmlrt_vpy=vsmlrt_vpy, preset=preset, width=w, height=h,
                       length=args.frames, compare_frames=args.compare_frames, repeats=args.repeats,
-                      threads=args.threads, vs_threads=args.vs_threads, batch=args.batch, device=args.device,
+                      threads=args.threads, backend=args.worker_backend, vs_threads=args.vs_threads, batch=args.batch,
+                      device=args.device,
                       weights=weights, onnx_dir=onnx_dir)
             try:
                 for key in SECTIONS:

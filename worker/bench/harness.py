@@ -20,6 +20,28 @@ from .clip import pattern_frame
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def random_weights(preset: str, seed: int, path: Path) -> Path:
+    """A frames=5 model of ``preset`` with fixed-seed random weights, saved to ``path``.
+
+    The initialisation zeroes the offset convolutions and the last convolution of each branch,
+    so a fresh model returns its centre frame untouched and samples with zero offsets. Those get
+    small random values too: the deformable convolutions then sample where offsets point, as
+    trained ones do, and output differences between runtimes measure something.
+    """
+    import torch
+
+    from worker.model import build_model, save_model
+
+    torch.manual_seed(seed)
+    model = build_model(preset, frames=5)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                scale = 0.3 / p[0].numel() ** 0.5 if p.dim() > 1 else 0.1
+                p.copy_(torch.randn_like(p) * scale)
+    return save_model(model, path)
+
+
 class BenchError(RuntimeError):
     """A bench step that could not run; the message says which and why."""
 
@@ -53,6 +75,7 @@ class Bench:
     compare_frames: int  # frames rendered by the stateless baselines (forward, vs-mlrt)
     repeats: int
     threads: int  # the worker's torch intra-op threads
+    backend: str  # the worker's --backend (torch or onnx)
     vs_threads: int  # VapourSynth's core.num_threads (0: its default)
     batch: int  # erdn_vs.deblur's batch (requests in flight)
     device: str
@@ -104,7 +127,7 @@ class Bench:
         log = open(self.root / "worker.log", "ab")  # noqa: SIM115 (the child holds it)
         self._worker = subprocess.Popen(
             [sys.executable, "-m", "worker", "--endpoint", self.endpoint, "--threads", str(self.threads),
-             "--device", self.device, "--idle-timeout", "1800"],
+             "--device", self.device, "--backend", self.backend, "--idle-timeout", "1800"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=self.env)
         log.close()
         deadline = time.monotonic() + 120

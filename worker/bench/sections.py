@@ -29,7 +29,7 @@ PAPER_TARGET = 2.5
 
 def _delta(before: dict, after: dict) -> dict[str, float]:
     keys = ("frames_served", "stage1_evals", "stage2_evals", "stage1_seconds", "stage2_seconds", "bytes_received",
-            "forward_calls")
+            "forward_calls", "need_frames_replies")
     return {k: after[k] - before[k] for k in keys}
 
 
@@ -37,7 +37,8 @@ def _worker_figures(d: dict[str, float]) -> dict[str, float]:
     frames = max(1, d["frames_served"])
     return {"stage_evals_per_frame": (d["stage1_evals"] + d["stage2_evals"]) / frames,
             "bytes_per_frame": d["bytes_received"] / frames,
-            "compute_s": d["stage1_seconds"] + d["stage2_seconds"]}
+            "compute_s": d["stage1_seconds"] + d["stage2_seconds"],
+            "need_frames_replies": d["need_frames_replies"]}
 
 
 # ------------------------------------------------------------ shared runs
@@ -100,8 +101,8 @@ def throughput(b: Bench, backends: list[str]) -> Section:
 
 
 def pipeline(b: Bench) -> Section:
-    s = Section("pipeline", f"2. pipeline efficiency: {b.preset} {b.size}, {b.length} frames, worker threads "
-                f"{b.threads}, VapourSynth threads {b.vs_threads or 'default'}, batch {b.batch}")
+    s = Section("pipeline", f"2. pipeline efficiency: {b.preset} {b.size}, {b.length} frames, worker {b.backend} "
+                f"threads {b.threads}, VapourSynth threads {b.vs_threads or 'default'}, batch {b.batch}")
     vs_run, direct = deblur_run(b), direct_run(b)
     run, vd = vs_run["run"], vs_run["delta"]
     direct_fps = b.length / direct["seconds"]
@@ -123,33 +124,58 @@ def pipeline(b: Bench) -> Section:
 
 
 def forward_per_frame(b: Bench) -> dict:
-    """The full cascade per output frame (the model's forward) on the first ``compare_frames`` windows."""
+    """The full cascade per output frame on the first ``compare_frames`` windows, in the worker's backend:
+    the model's forward (torch) or window.onnx in onnxruntime (onnx)."""
     if "forward" not in b.memo:
         import torch
 
-        from worker.model import load_model
-
         torch.set_num_threads(b.threads)
-        device = torch.device("cuda" if b.device.startswith("cuda") else "cpu")
-        model = load_model(b.weights, device).eval()
+        run = _onnx_window(b) if b.backend == "onnx" else _torch_forward(b)
         frames = b.frames()
         times, outputs = [], []
-        with torch.inference_mode():
-            for n in range(min(b.compare_frames, b.length)):
-                window = windows.temporal_window(n, b.length, 5, windows.no_cuts)
-                x = torch.from_numpy(np.stack([frames[i] for i in window]))[None].to(device)
-                t0 = time.perf_counter()
-                y = model(x)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                times.append(time.perf_counter() - t0)
-                outputs.append(y[0].float().cpu().numpy())
+        for n in range(min(b.compare_frames, b.length)):
+            window = np.stack([frames[i] for i in windows.temporal_window(n, b.length, 5, windows.no_cuts)])
+            t0 = time.perf_counter()
+            outputs.append(run(window))
+            times.append(time.perf_counter() - t0)
         b.memo["forward"] = {"median_s": statistics.median(times), "outputs": outputs}
     return b.memo["forward"]
 
 
+def _torch_forward(b: Bench):
+    import torch
+
+    from worker.model import load_model
+
+    device = torch.device("cuda" if b.device.startswith("cuda") else "cpu")
+    model = load_model(b.weights, device).eval()
+
+    def run(window: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            y = model(torch.from_numpy(window)[None].to(device))[0].float().cpu()
+        return y.numpy()
+
+    return run
+
+
+def _onnx_window(b: Bench):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = b.threads
+    options.log_severity_level = 3
+    sess = ort.InferenceSession(str(b.onnx_dir / "window.onnx"), options, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+
+    def run(window: np.ndarray) -> np.ndarray:
+        return sess.run(None, {name: window.reshape(1, -1, *window.shape[-2:])})[0][0]
+
+    return run
+
+
 def cache(b: Bench, official_forward_s: float | None = None) -> Section:
-    s = Section("cache", f"3. stage-1 cache: {b.preset} {b.size}, sequential render of {b.length} frames")
+    s = Section("cache", f"3. stage-1 cache: {b.preset} {b.size}, {b.backend} backend, sequential render of "
+                f"{b.length} frames")
     direct, forward = direct_run(b), forward_per_frame(b)
     fig = _worker_figures(direct["delta"])
     cached_s = direct["seconds"] / b.length
@@ -162,7 +188,8 @@ def cache(b: Bench, official_forward_s: float | None = None) -> Section:
     s.row(f"max |cached - forward|, frames 0..{k - 1}", max_abs_diff=diff)
     s.ratios.append(Ratio("stage-1 cache speed-up", forward["median_s"] / cached_s, CACHE_TARGET,
                           f"includes the clip edges: {(2 * b.length + 2)} evaluations for {b.length} frames"))
-    s.notes.append(f"'without' is the model's forward in the bench process ({b.threads} torch threads), median of "
+    baseline = "window.onnx in onnxruntime" if b.backend == "onnx" else "the model's forward"
+    s.notes.append(f"'without' is {baseline} in the bench process ({b.threads} threads), median of "
                    f"frames 0..{k - 1}; its cost does not depend on the frame")
     if b.preset == "paper":
         s.notes.append("paper: the forward runs the official compute schedule (4 stage evaluations per output "
@@ -178,7 +205,8 @@ def cache(b: Bench, official_forward_s: float | None = None) -> Section:
 
 def vsmlrt(b: Bench) -> Section:
     k = min(b.compare_frames, b.length)
-    s = Section("vsmlrt", f"4. vs-mlrt (core.ort.Model, CPU) on window.onnx vs erdn_vs.deblur: {b.preset} {b.size}")
+    s = Section("vsmlrt", f"4. vs-mlrt (core.ort.Model, CPU) on window.onnx vs erdn_vs.deblur ({b.backend} worker): "
+                f"{b.preset} {b.size}")
     out = b.root / f"vsmlrt-{b.preset}-{b.size}.raw"
     theirs = run_vspipe(b.vspipe, b.vsmlrt_vpy, b.script_args(autostart=False), out, b.env, end=k - 1)
     ours = deblur_run(b)
@@ -204,10 +232,12 @@ def start(b: Bench) -> Section:
         b.stop_worker()
         cold.append(run_vspipe(b.vspipe, b.deblur_vpy, b.script_args(autostart=True), "--", b.env, end=0).wall_s)
         warm.append(run_vspipe(b.vspipe, b.deblur_vpy, b.script_args(autostart=True), "--", b.env, end=0).wall_s)
+    b.stop_worker()  # autostarted with the worker's defaults; later sections start one with the bench's options
     cold_s, warm_s = statistics.median(cold), statistics.median(warm)
     s.row("cold (worker autostart, model load)", seconds=cold_s)
     s.row("warm (worker up, model loaded)", seconds=warm_s)
     s.ratios.append(Ratio("cold / warm first frame", cold_s / warm_s, START_TARGET))
-    s.notes.append(f"medians of {b.repeats}; both include vspipe's start and frame 0's window (4 stage evaluations: "
-                   "a new session has no cached stage-1 results)")
+    s.notes.append(f"medians of {b.repeats}; the worker is autostarted by erdn_vs.deblur with its defaults (torch "
+                   f"backend; OMP_NUM_THREADS={b.threads}); both include vspipe's start and frame 0's window (4 stage "
+                   "evaluations: a new session has no cached stage-1 results)")
     return s
