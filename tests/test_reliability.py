@@ -283,7 +283,7 @@ LOAD_CLIPS = [dict(fmt="YUV420P8", length=10), dict(fmt="RGB24", length=10, cut_
 
 @needs_vspipe
 @pytest.mark.slow
-def test_five_vspipes_at_once_match_their_solo_runs(start_worker, weights):
+def test_five_vspipes_at_once_match_their_solo_runs(start_worker, weights, tmp_path):
     cache_mb, max_queue = 1, 4  # a cache smaller than the five windows: evictions and resends under load
     endpoint, worker = start_worker("--cache-mb", str(cache_mb), "--max-queue", str(max_queue))
     solo = [render(weights, endpoint, **clip) for clip in LOAD_CLIPS]
@@ -291,20 +291,23 @@ def test_five_vspipes_at_once_match_their_solo_runs(start_worker, weights):
         assert len(out) == clip["length"] * frame_bytes(clip["fmt"], clip.get("width", W), clip.get("height", H))
     before = raw_ping(endpoint, timeout=5)
     jobs = [*LOAD_CLIPS, LOAD_CLIPS[0]]  # four different clips, and the first one a second time
-    procs = [subprocess.Popen(vspipe_cmd(weights, endpoint, **clip), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env=worker_env()) for clip in jobs]
+    outputs = [tmp_path / f"out{k}.raw" for k in range(len(jobs))]  # files, not pipes: nothing blocks on a full pipe
+    procs = [subprocess.Popen(vspipe_cmd(weights, endpoint, **clip)[:-1] + [str(out)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, env=worker_env())
+             for clip, out in zip(jobs, outputs, strict=True)]
     samples = []
-    while any(p.poll() is None for p in procs):
+    deadline = time.monotonic() + 300
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
         s = raw_ping(endpoint, timeout=2)
         if s:
             samples.append((s["queue_depth"], s["cache_bytes"], rss_kib(worker.pid)))
         time.sleep(0.1)
-    results = [p.communicate() for p in procs]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
     after = raw_ping(endpoint, timeout=5)
-    for p, (_, err) in zip(procs, results, strict=True):
+    for p, err in zip(procs, errors, strict=True):
         assert p.returncode == 0, err.decode(errors="replace")
-    for k, (clip, (out, _)) in enumerate(zip(jobs, results, strict=True)):
-        assert out == solo[LOAD_CLIPS.index(clip)], f"vspipe {k} ({clip}) differs from its solo run"
+    for k, (clip, out) in enumerate(zip(jobs, outputs, strict=True)):
+        assert out.read_bytes() == solo[LOAD_CLIPS.index(clip)], f"vspipe {k} ({clip}) differs from its solo run"
     assert after["frames_served"] - before["frames_served"] == sum(c["length"] for c in jobs)
     assert after["max_queue_depth"] <= max_queue
     assert samples and max(s[0] for s in samples) <= max_queue
@@ -563,19 +566,27 @@ def test_training_sigkilled_resumes_within_one_checkpoint_interval(tmp_path, dat
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the same weights as uninterrupted
 
 
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, dataset) -> Path:
+    """A 4-iteration run directory with its last.ckpt (made once per module)."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    assert erdn_train(train_config(run_dir.parent / "c.yaml", dataset, run_dir, iterations=4)).wait(timeout=300) == 0
+    return run_dir
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "foreign"])
-def test_a_damaged_checkpoint_is_reported_not_loaded(tmp_path, dataset, damage):
-    config = train_config(tmp_path / "c.yaml", dataset, tmp_path / "c", iterations=4)
-    run = erdn_train(config)
-    assert run.wait(timeout=300) == 0
-    ckpt = tmp_path / "c" / "last.ckpt"
+def test_a_damaged_checkpoint_is_reported_not_loaded(tmp_path, dataset, finished_run, damage):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    ckpt = run_dir / "last.ckpt"
     data = ckpt.read_bytes()
     ckpt.write_bytes({"truncate": data[: len(data) // 2], "flip": data[:-100] + bytes([data[-100] ^ 0xFF]) + data[-99:],
                       "empty": b"", "foreign": b"PK\x03\x04" + data[4:]}[damage])
-    rows = logged_iterations(tmp_path / "c")
-    again = erdn_train(train_config(tmp_path / "c.yaml", dataset, tmp_path / "c", iterations=8))
+    rows = logged_iterations(run_dir)
+    again = erdn_train(train_config(tmp_path / "c.yaml", dataset, run_dir, iterations=8))
     _, err = again.communicate(timeout=300)
     assert again.returncode == 2, err
     assert "erdn train:" in err and str(ckpt) in err and ("damaged" in err or "not an erdn" in err), err
     assert "Traceback" not in err
-    assert logged_iterations(tmp_path / "c") == rows  # nothing ran from scratch behind the user's back
+    assert logged_iterations(run_dir) == rows  # nothing ran from scratch behind the user's back
