@@ -87,6 +87,20 @@ def comparison_png(path: Path, blurry: np.ndarray, restored: np.ndarray, sharp: 
     Image.fromarray(np.concatenate([top, np.full((gap, top.shape[1], 3), 255, np.uint8), bottom])).save(path)
 
 
+def describe_model(model: str | None, weights: str | None) -> str:
+    """What the report calls the model: a shipped one by name and status, or a file, clearly labelled."""
+    if weights:
+        return f"weights file {weights} (not a shipped model)"
+    from erdn_vs.manifest import load_manifest
+
+    manifest = load_manifest()
+    entry = manifest.model(model) if model else (manifest.models[0] if manifest.models else None)
+    if entry is None:
+        return "none: the manifest lists no model"
+    status = entry.quality.get("status")
+    return f"{entry.name} ({entry.preset}, {entry.frames} frames{', ' + str(status) if status else ''})"
+
+
 def measure(frames: np.ndarray, sharp: np.ndarray) -> tuple[float, float]:
     return (float(np.mean([psnr(a, b) for a, b in zip(frames, sharp, strict=True)])),
             float(np.mean([ssim(a, b) for a, b in zip(frames, sharp, strict=True)])))
@@ -140,8 +154,7 @@ def main(argv: list[str]) -> int:
     comparison_png(out / "comparison.png", blurry[mid], restored[mid], sharp[mid])
     b_psnr, b_ssim = measure(blurry, sharp)
     r_psnr, r_ssim = measure(restored, sharp)
-    model_label = args.weights and f"weights file {args.weights} (not the shipped model)" or (
-        args.model or "the shipped default model (plugin_manifest.yaml)")
+    model_label = describe_model(args.model, args.weights)
     stats = {"frames": args.frames, "size": f"{w}x{h}", "model": model_label,
              "blurry": {"psnr": round(b_psnr, 3), "ssim": round(b_ssim, 4)},
              "restored": {"psnr": round(r_psnr, 3), "ssim": round(r_ssim, 4)},
