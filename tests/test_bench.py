@@ -74,7 +74,7 @@ def test_too_short_clip_is_refused(capsys) -> None:
     assert "--frames must be at least 3" in capsys.readouterr().err
 
 
-def _bench_processes() -> list[str]:
+def _bench_processes(workdir: Path) -> list[str]:
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -82,18 +82,19 @@ def _bench_processes() -> list[str]:
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            if "erdn-bench-" in cmdline and int(entry.name) != os.getpid():
+            if f"{workdir}/erdn-bench-" in cmdline and int(entry.name) != os.getpid():
                 found.append(cmdline)
     return found
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not VSPIPE.exists(), reason=f"vspipe not found next to {sys.executable}")
-def test_bench_runs_every_section_with_sane_figures(tmp_path, capsys) -> None:
+def test_bench_runs_every_section_with_sane_figures(tmp_path, capsys, isolated_runtime_dir) -> None:
     w, h, n = 64, 48, 3
     out = tmp_path / "bench.json"
     assert bench_cli.main(["--preset", "tiny", "--sizes", f"{w}x{h}", "--frames", str(n), "--compare-frames", "2",
-                           "--repeats", "1", "--threads", "1", "--json", str(out)]) == 0
+                           "--repeats", "1", "--threads", "1", "--workdir", str(isolated_runtime_dir),
+                           "--json", str(out)]) == 0
     table = capsys.readouterr().out
     report = json.loads(out.read_text())
     sections = {s["key"]: s for s in report["sections"]}
@@ -119,4 +120,4 @@ def test_bench_runs_every_section_with_sane_figures(tmp_path, capsys) -> None:
         assert rows[label]["bytes_per_frame"] == 3 * w * h * 4
     diffs = [r["max_abs_diff"] for key in ("cache", "vsmlrt") for r in sections[key]["rows"] if "max_abs_diff" in r]
     assert len(diffs) == 2 and max(diffs) < 1e-4
-    assert _bench_processes() == []  # the worker and everything else the bench started are gone
+    assert _bench_processes(isolated_runtime_dir) == []  # the worker and all else the bench started are gone

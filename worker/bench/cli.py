@@ -69,6 +69,9 @@ def parser() -> argparse.ArgumentParser:
                    help="paper: seconds of the official ERDN forward per window at the same size, measured "
                    "elsewhere; adds the ratio against the paper target")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.add_argument("--workdir", type=Path, default=Path("/tmp"),
+                   help="where the bench makes its temp dir (weights, ONNX, sockets, rendered frames; removed at "
+                   "the end); keep it short: ipc socket paths have a length limit (default /tmp)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write every figure as JSON")
     return p
 
@@ -98,7 +101,7 @@ def main(argv: list[str]) -> int:
     except RenderError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
-    root = Path(tempfile.mkdtemp(prefix="erdn-bench-", dir="/tmp"))  # short: ipc paths have a length limit
+    root = Path(tempfile.mkdtemp(prefix="erdn-bench-", dir=args.workdir))
     saved_env = {k: os.environ.get(k) for k in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME")}
     try:
         sections = run_all(args, sizes, root, vspipe)
@@ -155,8 +158,8 @@ def run_all(args: argparse.Namespace, sizes: list[tuple[int, int]], root: Path, 
                       deblur_vpy=deblur_vpy, vsmlrt_vpy=vsmlrt_vpy, preset=preset, width=w, height=h,
                       length=args.frames, compare_frames=args.compare_frames, repeats=args.repeats,
                       threads=args.threads, backend=args.worker_backend, vs_threads=args.vs_threads, batch=args.batch,
-                      device=args.device,
-                      weights=weights, onnx_dir=onnx_dir)
+                      device=args.device, weights=weights, onnx_dir=onnx_dir,
+                      pair_forward="cache" in args.only, pair_vsmlrt="vsmlrt" in args.only)
             try:
                 for key in SECTIONS:
                     if key not in args.only:

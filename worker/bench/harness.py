@@ -81,6 +81,9 @@ class Bench:
     device: str
     weights: Path
     onnx_dir: Path
+    # Baselines measured interleaved with our own runs, so that load from other processes hits both alike:
+    pair_forward: bool = False  # the full-cascade forward between the worker's frames
+    pair_vsmlrt: bool = False  # vs-mlrt's frames rendered half before, half after deblur's
     memo: dict = field(default_factory=dict)  # measurements that several sections use
     _worker: subprocess.Popen | None = None
     _frames: list[np.ndarray] | None = None

@@ -69,11 +69,13 @@ def write_scripts(directory: Path) -> tuple[Path, Path]:
 
 
 def run_vspipe(vspipe: str, script: Path, args: dict[str, object], out: Path | str, env: dict[str, str],
-               end: int | None = None, timeout: float = 3600) -> VspipeRun:
-    """Render ``script`` (frames 0..end) to ``out`` and return vspipe's own timing."""
+               start: int | None = None, end: int | None = None, timeout: float = 3600) -> VspipeRun:
+    """Render ``script`` (frames start..end) to ``out`` and return vspipe's own timing."""
     cmd = [vspipe, "-p", str(script), str(out)]
     for key, value in args.items():
         cmd += ["-a", f"{key}={value}"]
+    if start is not None:
+        cmd += ["--start", str(start)]
     if end is not None:
         cmd += ["--end", str(end)]
     t0 = time.perf_counter()
