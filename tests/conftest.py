@@ -34,6 +34,17 @@ def isolated_runtime_dir():
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """The CPU is shared: two OpenMP threads on a loaded 2-core machine run many times slower than one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> dict[int, Path]:
     """Random-init ``tiny`` weights files for frames=5 and frames=3: {frames: path}."""

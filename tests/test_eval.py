@@ -15,13 +15,7 @@ from training.evaluate import main, official_windows
 from training.metrics import psnr, ssim
 from worker.model import build_model, save_model
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_identical_images_score_inf_and_one() -> None:

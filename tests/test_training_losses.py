@@ -13,13 +13,7 @@ from worker.model.blocks import GradientMap
 B, H, W = 2, 8, 8
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The CPU is shared: two OpenMP threads on a loaded 2-core machine run many times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def perfect_output(sharp: torch.Tensor) -> CascadeOutput:
