@@ -27,7 +27,7 @@ DEMO_SEED = 20221023  # never used by the training configs
 
 def make_sample(width: int, height: int, frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(blurry, sharp) uint8 clips of shape (frames, H, W, 3)."""
-    opts = SynthOptions(out="", frames=frames, width=width, height=height, subframes=9, motion=1.5, sprites=2,
+    opts = SynthOptions(out="", frames=frames, width=width, height=height, subframes=9, motion=1.0, sprites=2,
                         noise=0.0, seed=seed)
     rng = np.random.default_rng([seed, 0])
     sub = render_still_clip(rng, load_stills(opts), opts)
@@ -109,8 +109,8 @@ def measure(frames: np.ndarray, sharp: np.ndarray) -> tuple[float, float]:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out/)")
-    p.add_argument("--size", type=parse_size, default=(320, 192), help="WIDTHxHEIGHT of the sample (default 320x192)")
-    p.add_argument("--frames", type=int, default=24, help="frames in the sample clip (default 24)")
+    p.add_argument("--size", type=parse_size, default=(256, 160), help="WIDTHxHEIGHT of the sample (default 256x160)")
+    p.add_argument("--frames", type=int, default=16, help="frames in the sample clip (default 16)")
     p.add_argument("--model", help="model name from plugin_manifest.yaml (default: the shipped model)")
     p.add_argument("--weights", help="a weights file instead of a named model (clearly labelled in the report)")
     p.add_argument("--device", default="auto", help="worker device: auto (CUDA when present), cpu, cuda:N")
