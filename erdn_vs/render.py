@@ -82,6 +82,12 @@ def build_script(
     return "\n".join(lines) + "\n"
 
 
+def script_for(args: argparse.Namespace) -> str:
+    """The .vpy for parsed ``erdn deblur`` arguments (what --script prints and render() runs)."""
+    return build_script(args.input, model=args.model, weights=args.weights, window=args.window, device=args.device,
+                        precision=args.precision, endpoint=args.endpoint, frame_range=args.frames)
+
+
 def ffmpeg_exe() -> str:
     """The system ffmpeg, else the one inside the imageio-ffmpeg wheel."""
     found = shutil.which("ffmpeg")
@@ -169,7 +175,7 @@ def _follow_progress(stream, quiet: bool, log: list[bytes]) -> None:
     """Read vspipe's stderr: keep the text for errors, turn its progress into our own line."""
     start = time.monotonic()
     buf = b""
-    while chunk := stream.read1(4096) if hasattr(stream, "read1") else stream.read(4096):
+    while chunk := stream.read1(4096):  # a Popen pipe: returns what is there, b"" at EOF
         buf += chunk
         parts = re.split(rb"[\r\n]", buf)
         buf = parts.pop()
@@ -197,10 +203,7 @@ def render(args: argparse.Namespace) -> Path:
     input_path = Path(args.input)
     output = Path(args.output)
     check_paths(input_path, output)
-    script = build_script(
-        input_path, model=args.model, weights=args.weights, window=args.window, device=args.device,
-        precision=args.precision, endpoint=args.endpoint, frame_range=args.frames,
-    )
+    script = script_for(args)
     partial = output.with_name(f".{output.stem}.partial{output.suffix}")
     with tempfile.TemporaryDirectory(prefix="erdn-deblur-") as tmp:
         vpy = Path(tmp) / "deblur.vpy"
@@ -291,9 +294,7 @@ def video_input_args(info: dict[str, str | float]) -> tuple[list[str], list[str]
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.script:
-        print(build_script(args.input, model=args.model, weights=args.weights, window=args.window,
-                           device=args.device, precision=args.precision, endpoint=args.endpoint,
-                           frame_range=args.frames), end="")
+        print(script_for(args), end="")
         return 0
     try:
         out = render(args)
