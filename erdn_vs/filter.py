@@ -4,7 +4,8 @@ The graph: source -> RGB (formats.to_rgb) -> frames n-r..n+r as shifted clips (s
 prefetches them; no get_frame inside a callback) -> std.ModifyFrame, whose callback picks the
 window (windows.temporal_window, from the neighbours' scene-change flags) and asks the worker
 to restore it -> back to the source format -> the source's frame properties. The ModifyFrame
-is split into ``batch`` interleaved instances so that several requests can be in flight.
+is split into lanes (``batch`` per worker; spread.py) so that several requests can be in flight,
+on every worker when ``endpoint`` names several.
 
 The worker session opens on the first frame request, not at script time, so evaluating a
 script (vspipe --info, a vspreview reload) costs only source frame 0 (read for its colour
@@ -22,7 +23,7 @@ from typing import Any
 
 import vapoursynth as vs
 
-from . import formats, windows
+from . import formats, spread, windows
 from .manifest import ManifestError, load_manifest
 
 PREFIX = "erdn_vs.deblur: "
@@ -39,11 +40,12 @@ def deblur(
     overlap: int = 16,
     device: str = "auto",
     precision: str = "auto",
-    endpoint: str | None = None,
+    endpoint: str | list[str] | tuple[str, ...] | None = None,
     scene_change: bool = True,
     autostart: bool = True,
     timeout: float = 60.0,
     batch: int = 2,
+    stripe: int = 8,
 ) -> vs.VideoNode:
     """Deblur ``clip`` with ERDN on the persistent worker.
 
@@ -51,13 +53,21 @@ def deblur(
     Returns a clip of the same format, size, length, frame rate and frame properties.
     Bad arguments or clips raise vapoursynth.Error at once; an unreachable worker raises it
     on the first frame request, naming the endpoint and the command that starts the worker.
+    ``endpoint`` may name several workers (one per GPU): frames go to them in stripes of
+    ``stripe`` consecutive frames, round-robin.
     """
     try:
-        args = load_manifest().check_arguments("deblur", {
+        manifest = load_manifest()
+        args = manifest.check_arguments("deblur", {
             "clip": clip, "model": model, "weights": weights, "frames": frames, "tile": tile,
-            "overlap": overlap, "device": device, "precision": precision, "endpoint": endpoint,
+            "overlap": overlap, "device": device, "precision": precision,
             "scene_change": scene_change, "autostart": autostart, "timeout": timeout, "batch": batch,
+            "stripe": stripe,
         })
+        # endpoint may name several workers: each one is checked against the manifest's pattern.
+        endpoints = spread.split_endpoints(endpoint)
+        endpoint_param = manifest.params("deblur")["endpoint"]
+        endpoints = [None] if endpoints is None else [endpoint_param.check(e) for e in endpoints]
         formats.check_clip(clip)
         model, weights = _choose_model(args["model"], args["weights"], args["frames"])
     except (ValueError, ManifestError) as e:
@@ -70,16 +80,16 @@ def deblur(
     r = windows.radius(frames)
     neighbours = [_shifted(rgb, d) for d in range(-r, r + 1)]
     blank = core.std.BlankClip(rgb, format=vs.RGBS, keep=True)
-    restorer = _Restorer(
-        client_args={"endpoint": args["endpoint"], "autostart": args["autostart"], "timeout": args["timeout"]},
-        session_args={"frames": frames, "width": clip.width, "height": clip.height,
-                      "sample_type": formats.sample_type(rgb.format.id), "model": model, "weights": weights,
-                      "device": args["device"], "precision": args["precision"], "tile": args["tile"],
-                      "overlap": args["overlap"]},
-    )
+    session_args = {"frames": frames, "width": clip.width, "height": clip.height,
+                    "sample_type": formats.sample_type(rgb.format.id), "model": model, "weights": weights,
+                    "device": args["device"], "precision": args["precision"], "tile": args["tile"],
+                    "overlap": args["overlap"]}
+    # One session per worker, each opened on the first frame that worker is asked for.
+    restorers = [_Restorer(client_args={"endpoint": e, "autostart": args["autostart"], "timeout": args["timeout"]},
+                           session_args=session_args) for e in endpoints]
     use_cuts = args["scene_change"]
 
-    def restore_frame(n: int, f: list[vs.VideoFrame]) -> vs.VideoFrame:
+    def restore_frame(n: int, f: list[vs.VideoFrame], restorer: _Restorer) -> vs.VideoFrame:
         sources = windows.clamped_offsets(n, length, frames)
         received = dict(zip(sources, f[1:], strict=True))  # duplicates at the edges are the same frame
         if use_cuts:
@@ -97,20 +107,29 @@ def deblur(
         return out
 
     # VapourSynth runs one Python callback of a filter instance at a time (measured: four 0.5 s
-    # callbacks take 2.0 s with 2 or 4 threads). To have up to ``batch`` requests in flight, so the
-    # worker can batch them and overlap its compute with our conversions, the clip is split into
-    # ``batch`` interleaved parts, each with its own ModifyFrame.
-    parts = min(args["batch"], length)
+    # callbacks take 2.0 s with 2 or 4 threads). To have up to ``batch`` requests in flight per
+    # worker, so it can batch them and overlap its compute with our conversions, the clip is split
+    # into lanes, each with its own ModifyFrame: ``batch`` interleaved parts for one worker; for
+    # several, ``batch`` lanes per worker over its stripes of consecutive frames (spread.py).
+    plan = spread.layout(length, len(endpoints), args["stripe"], args["batch"])
+    padded = plan.padded_length(length)
 
-    def every(c: vs.VideoNode, i: int) -> vs.VideoNode:
-        return c if parts == 1 else core.std.SelectEvery(c, parts, i, modify_duration=False)
+    def lane_of(c: vs.VideoNode, lane: spread.Lane) -> vs.VideoNode:
+        if padded > length:  # whole cycles, so every lane has as many frames; the padding is never requested
+            c = c + c[-1] * (padded - length)
+        return c if plan.cycle == 1 else core.std.SelectEvery(c, plan.cycle, lane.offsets, modify_duration=False)
 
-    def part_callback(i: int):
-        return lambda n, f: restore_frame(n * parts + i, f)
+    def lane_callback(lane: spread.Lane):
+        restorer = restorers[lane.worker]
+        return lambda n, f: restore_frame(lane.frame(n, plan.cycle), f, restorer)
 
-    pieces = [core.std.ModifyFrame(every(blank, i), [every(c, i) for c in (blank, *neighbours)], part_callback(i))
-              for i in range(parts)]
-    restored = pieces[0] if parts == 1 else core.std.Interleave(pieces, extend=True, modify_duration=False)[:length]
+    pieces = [core.std.ModifyFrame(lane_of(blank, lane), [lane_of(c, lane) for c in (blank, *neighbours)],
+                                   lane_callback(lane))
+              for lane in plan.lanes]
+    restored = pieces[0] if len(pieces) == 1 else core.std.Interleave(pieces, modify_duration=False)
+    if plan.order != tuple(range(plan.block)):
+        restored = core.std.SelectEvery(restored, plan.block, plan.order, modify_duration=False)
+    restored = restored[:length]
     out = formats.from_rgb(restored, clip, colour)
     return core.std.CopyFrameProps(out, clip)
 

@@ -52,10 +52,13 @@ def build_script(
     window: int = 5,
     device: str = "auto",
     precision: str = "auto",
-    endpoint: str | None = None,
+    endpoint: str | list[str] | None = None,
     frame_range: FrameRange | None = None,
 ) -> str:
-    """The .vpy text that ``erdn deblur`` renders; users can take it into their own scripts."""
+    """The .vpy text that ``erdn deblur`` renders; users can take it into their own scripts.
+
+    ``endpoint``: one worker, or a list of several (deblur spreads the frames over them).
+    """
     args = [f"frames={window}"]
     if model is not None:
         args.append(f"model={model!r}")
@@ -65,6 +68,8 @@ def build_script(
         args.append(f"device={device!r}")
     if precision != "auto":
         args.append(f"precision={precision!r}")
+    if isinstance(endpoint, list) and len(endpoint) == 1:
+        endpoint = endpoint[0]
     if endpoint is not None:
         args.append(f"endpoint={endpoint!r}")
     lines = [
@@ -82,10 +87,16 @@ def build_script(
     return "\n".join(lines) + "\n"
 
 
+def _endpoints(text: str) -> list[str]:
+    """One ``--endpoint`` value: one endpoint or several separated by commas (deblur checks each)."""
+    return [part.strip() for part in text.split(",")]
+
+
 def script_for(args: argparse.Namespace) -> str:
     """The .vpy for parsed ``erdn deblur`` arguments (what --script prints and render() runs)."""
+    endpoint = None if args.endpoint is None else [e for group in args.endpoint for e in group]
     return build_script(args.input, model=args.model, weights=args.weights, window=args.window, device=args.device,
-                        precision=args.precision, endpoint=args.endpoint, frame_range=args.frames)
+                        precision=args.precision, endpoint=endpoint, frame_range=args.frames)
 
 
 def ffmpeg_exe() -> str:
@@ -138,7 +149,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--window", type=int, choices=(3, 5), default=5, help="temporal window: 3 or 5 frames")
     p.add_argument("--device", default="auto", help="worker device: auto, cpu, cuda, cuda:N")
     p.add_argument("--precision", default="auto", help="auto, fp32, fp16, bf16")
-    p.add_argument("--endpoint", help="worker endpoint (default: the per-user ipc socket)")
+    p.add_argument("--endpoint", action="append", type=_endpoints,
+                   help="worker endpoint (default: the per-user ipc socket); give it again, or separate endpoints "
+                        "by commas, to spread the frames over several workers (one per GPU)")
     p.add_argument("--frames", type=FrameRange.parse, metavar="START:END",
                    help="render only output frames START..END-1 (chunks concatenate exactly)")
     p.add_argument("--codec", default="auto", help="ffmpeg video encoder (default libx264; ffv1 with --lossless)")
