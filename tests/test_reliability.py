@@ -266,9 +266,11 @@ def test_vspipe_sigkilled_mid_render_frees_its_session(start_worker, weights):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     killed = time.monotonic()
-    wait_for(lambda: (s := raw_ping(endpoint) or {}) and s.get("sessions") == 0 and s["cache_bytes"] == 0, 30,
-             "the session to expire")
-    print(f"vspipe SIGKILL: session and cache freed after {time.monotonic() - killed:.1f} s")
+    wait_for(lambda: (raw_ping(endpoint) or {}).get("sessions") == 0, 30, "the session to expire")
+    print(f"vspipe SIGKILL: session freed after {time.monotonic() - killed:.1f} s")
+    # What it computed stays in the content-keyed cache, for a rerun of the script, within the cache's budget.
+    s = raw_ping(endpoint) or {}
+    assert 0 < s["cache_bytes"] <= 2048 * 2**20
     # The worker goes on serving others.
     assert len(render(weights, endpoint, length=4)) == 4 * frame_bytes("YUV420P8")
     assert worker.poll() is None

@@ -62,7 +62,7 @@ def test_ping_and_stats(worker_endpoint):
 
 def test_in_order_render_equals_model_with_two_evals_per_frame(worker_endpoint, tiny_weights):
     length = 8
-    planes = clip(length)
+    planes = clip(length, seed=21)  # contents no other test of this worker sends: its cache has none of them
     with WorkerClient(worker_endpoint, autostart=False) as client:
         before = client.stats()
         with client.open_session(frames=5, width=W, height=H, sample_type="float",
@@ -83,6 +83,57 @@ def test_in_order_render_equals_model_with_two_evals_per_frame(worker_endpoint, 
     # Every source frame crosses the wire once.
     assert sent == length * 3 * H * W * 4
     assert after["bytes_received"] - before["bytes_received"] == sent
+
+
+def test_cache_is_by_content_across_sessions(worker_endpoint, tiny_weights):
+    """A reopened script (new session, same frames) is served from the cache; so is the same content at other
+    indices; a changed frame is recomputed."""
+    length = 6
+    planes = clip(length, seed=22)
+    weights = str(tiny_weights[5])
+
+    def render(client, frames: dict[int, np.ndarray], order) -> tuple[list[np.ndarray], dict]:
+        before = client.stats()
+        with client.open_session(frames=5, width=W, height=H, sample_type="float", weights=weights) as session:
+            outs = [session.process(n, window_of(n, len(frames), 5), frames) for n in order]
+        after = client.stats()
+        return outs, {k: after[k] - before[k] for k in ("stage1_evals", "stage2_evals", "output_cache_hits")}
+
+    with WorkerClient(worker_endpoint, autostart=False) as client:
+        first, cost = render(client, planes, range(length))
+        assert cost == {"stage1_evals": length + 2, "stage2_evals": length, "output_cache_hits": 0}
+        again, cost = render(client, planes, range(length))  # the vspreview reload: nothing runs
+        assert cost == {"stage1_evals": 0, "stage2_evals": 0, "output_cache_hits": length}
+        for a, b in zip(first, again, strict=True):
+            assert np.array_equal(a, b)
+        # The same frames as a clip that starts one frame later: interior windows are the same contents.
+        shifted = {i: planes[i + 1] for i in range(length - 1)}
+        outs, cost = render(client, shifted, [1])  # window (0,0,1,2,3) = frames (1,1,2,3,4) of planes
+        assert cost == {"stage1_evals": 1, "stage2_evals": 1, "output_cache_hits": 0}  # only (1,1,2) is new
+        assert np.abs(outs[0] - reference(weights, (1, 1, 2, 3, 4), planes)).max() <= 1e-5
+        outs, cost = render(client, shifted, [2])  # window (0..4) = frames 1..5 of planes: frame 3's output
+        assert cost == {"stage1_evals": 0, "stage2_evals": 0, "output_cache_hits": 1}
+        assert np.array_equal(outs[0], first[3])
+        # One changed pixel in frame 3: every window that holds it is recomputed, and matches the model.
+        changed = dict(planes)
+        changed[3] = planes[3].copy()
+        changed[3][0, 0, 0] += 0.25
+        outs, cost = render(client, changed, [3])
+        assert cost == {"stage1_evals": 3, "stage2_evals": 1, "output_cache_hits": 0}
+        assert np.abs(outs[0] - reference(weights, window_of(3, length, 5), changed)).max() <= 1e-5
+
+
+def test_frame_digest_names_content_shape_and_type():
+    from worker.session import frame_digest
+
+    a = np.zeros((3, 4, 6), np.float32)
+    assert frame_digest(a) == frame_digest(a.copy())
+    assert frame_digest(a) != frame_digest(a.reshape(3, 6, 4))
+    assert frame_digest(a) != frame_digest(a.astype(np.float16))
+    b = a.copy()
+    b[2, 3, 5] = 1e-7
+    assert frame_digest(a) != frame_digest(b)
+    assert frame_digest(b[:, ::2]) == frame_digest(np.ascontiguousarray(b[:, ::2]))
 
 
 def test_frames3_and_half_samples(worker_endpoint, tiny_weights):
@@ -346,7 +397,9 @@ def test_one_batch_computes_shared_stage1_once(tiny_weights):
         out = buffers[0]
         assert np.abs(out - reference(tiny_weights[5], window_of(n, 6, 5), planes)).max() <= 1e-5
 
-    # Two more clips of the same model and size, one request each: their six triplets share one stage-1 call.
+    # Two more clips of the same model and size, one request each. The first has the frames of the first
+    # session: its window's output is found in the cache (by content), nothing runs. The other's three
+    # triplets run in one stage-1 call.
     other = clip(5, seed=9)
     items = []
     for k in range(2):
@@ -357,7 +410,8 @@ def test_one_batch_computes_shared_stage1_once(tiny_weights):
         items.append((head, [memoryview(src[i]) for i in range(5)], lambda r, k=k: replies.__setitem__(10 + k, r)))
     manager.process_batch(items)
     stats = manager.stats.snapshot()
-    assert (stats["stage1_evals"], stats["stage2_evals"], stats["forward_calls"]) == (4 + 6, 2 + 2, 2 + 2)
+    assert (stats["stage1_evals"], stats["stage2_evals"], stats["forward_calls"]) == (4 + 3, 2 + 1, 2 + 2)
+    assert stats["output_cache_hits"] == 1
     for k, src in enumerate((planes, other)):
         out = replies[10 + k][1][0]
         assert np.abs(out - reference(tiny_weights[5], (0, 1, 2, 3, 4), src)).max() <= 1e-5

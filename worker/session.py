@@ -1,19 +1,24 @@
 """Sessions, their caches, and the cached two-stage cascade (the worker's compute side).
 
-A session is one clip: a model, a frame size, a sample type. The worker keeps, per session,
-the frames it received (reflect-padded to STRIDE once, on the model's device) and the
-stage-1 results keyed by the tuple of the three source indices they came from. For output
-frame n with window (w0..w4), stage 1 runs on (w0,w1,w2), (w1,w2,w3), (w2,w3,w4) unless
-cached, then stage 2 on their outputs; rendering in order, each stage-1 result serves three
-output frames, so a frame costs about 2 stage evaluations instead of 4. Because the keys are
-the source indices after edge and scene-cut substitution, a cached result is exactly what
-the model computes on that window.
+A session is one clip: a model, a frame size, a sample type. Every frame a session receives
+is named by a digest of its bytes; the session only remembers which digest each source index
+had. One cache, shared by all sessions and bounded in bytes, holds by content:
+- the frames (reflect-padded to STRIDE once, on the model's device),
+- stage-1 results, keyed by the model and the digests of their triplet,
+- final outputs, keyed by the model and the digests of their window.
+For output frame n with window (w0..w4), stage 1 runs on (w0,w1,w2), (w1,w2,w3), (w2,w3,w4)
+unless cached, then stage 2 on their outputs; rendering in order, each stage-1 result serves
+three output frames, so a frame costs about 2 stage evaluations instead of 4. Because the keys
+are contents after edge and scene-cut substitution, a cached result is exactly what the model
+computes on that window, whichever session computed it: a reloaded script (vspreview, a second
+vspipe run) or a second clip with the same frames is answered from the cache.
 
 All of this runs on the worker's single compute thread; only ``Stats`` is shared.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import threading
@@ -40,6 +45,14 @@ from .tiling import plan_tile, run_tiled
 log = logging.getLogger("erdn.worker")
 
 Reply = tuple[dict, list]  # header, buffers
+
+
+def frame_digest(array: np.ndarray) -> bytes:
+    """A frame's name in the cache: its shape, sample type and bytes (BLAKE2b, 128 bits)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{array.dtype.str}{array.shape}".encode())
+    h.update(np.ascontiguousarray(array).data)
+    return h.digest()
 
 
 class ByteLRU:
@@ -71,11 +84,6 @@ class ByteLRU:
             self.bytes -= dropped.element_size() * dropped.nelement()
             self.evictions += 1
 
-    def drop_session(self, session_id: str) -> None:
-        for key in [k for k in self._items if k[0] == session_id]:
-            value = self._items.pop(key)
-            self.bytes -= value.element_size() * value.nelement()
-
     def __len__(self) -> int:
         return len(self._items)
 
@@ -93,6 +101,7 @@ class Stats:
     stage2_seconds: float = 0.0
     cache_hits: int = 0  # stage-1 results found in the cache
     cache_misses: int = 0
+    output_cache_hits: int = 0  # whole output frames found in the cache (no stage evaluated)
     need_frames_replies: int = 0
     bytes_received: int = 0
     batches: int = 0
@@ -130,6 +139,8 @@ class WorkerSession:
     backend: Backend
     tile: tuple[int, int] | None  # (h, w) in padded pixels, or None for whole frames
     padded_hw: tuple[int, int]
+    model_key: tuple  # what, besides the input contents, decides a result: model, device, precision, tiling
+    digests: dict[int, bytes] = field(default_factory=dict)  # source index -> digest of the frame received
     last_used: float = field(default_factory=time.monotonic)
     frames_served: int = 0
 
@@ -150,9 +161,11 @@ class _Job:
     session: WorkerSession
     request: P.ProcessRequest
     reply: Callable[[Reply], None]
-    triplets: list[tuple[int, int, int]]
-    frames: dict[int, Tensor]
-    stage1: dict[tuple[int, int, int], Tensor]
+    triplets: list[tuple[bytes, bytes, bytes]]  # the digests of each stage-1 input
+    output_key: tuple
+    frames: dict[bytes, Tensor]
+    stage1: dict[tuple[bytes, bytes, bytes], Tensor]
+    output: Tensor | None = None  # found in the cache
 
 
 class SessionManager:
@@ -217,15 +230,16 @@ class SessionManager:
         stride = 8
         padded_hw = (-(-spec.height // stride) * stride, -(-spec.width // stride) * stride)
         tile = plan_tile(padded_hw, spec.tile, spec.overlap, self.max_pixels)
-        session = WorkerSession(secrets.token_hex(8), spec, backend, tile, padded_hw)
+        model_key = (*key, tile, spec.overlap if tile else 0)
+        session = WorkerSession(secrets.token_hex(8), spec, backend, tile, padded_hw, model_key)
         self.sessions[session.id] = session
         self.publish_sessions()
         log.info("opened session %s: %s", session.id, session.describe())
         return session.describe()
 
     def close(self, session_id: str) -> bool:
+        # Cached contents stay (bounded by the cache budget): a reopened script finds them.
         session = self.sessions.pop(session_id, None)
-        self.cache.drop_session(session_id)
         self.publish_sessions()
         return session is not None
 
@@ -252,38 +266,53 @@ class SessionManager:
 
     # ------------------------------------------------------------ processing
 
-    def _store(self, session: WorkerSession, index: int, array: np.ndarray) -> Tensor:
-        """Pad a received frame to the stride once, on the model's device, and cache it."""
-        t = pad_to_stride(torch.from_numpy(np.array(array, copy=True)).to(session.backend.device))[0]
-        self.cache.put((session.id, "f", index), t)
-        return t
+    def _store(self, session: WorkerSession, index: int, array: np.ndarray) -> tuple[bytes, Tensor]:
+        """Name a received frame by its content; pad it to the stride once, on the model's device, and cache it."""
+        digest = frame_digest(array)
+        session.digests[index] = digest
+        key = ("f", str(session.backend.device), digest)
+        t = self.cache.get(key)
+        if t is None:
+            t = pad_to_stride(torch.from_numpy(np.array(array, copy=True)).to(session.backend.device))[0]
+            self.cache.put(key, t)
+        return digest, t
 
     def _prepare(self, session: WorkerSession, req: P.ProcessRequest, reply: Callable[[Reply], None],
-                 received: dict[int, Tensor]) -> _Job | None:
-        """Take what the window needs from this request and the caches, or ask the client for what is missing."""
-        sid = session.id
-        frames = dict(received)
-        w = req.window
+                 received: dict[bytes, Tensor]) -> _Job | None:
+        """Take what the window needs from this request and the cache, or ask the client for what is missing."""
+        digests = session.digests
+        unknown = sorted({i for i in req.window if i not in digests})
+        if unknown:  # never sent in this session
+            self.stats.add(need_frames_replies=1)
+            reply((P.reply_need_frames(None, unknown), []))
+            return None
+        w = [digests[i] for i in req.window]
+        model = session.model_key
         triplets = [tuple(w[0:3])] if len(w) == 3 else [tuple(w[i:i + 3]) for i in range(3)]
-        stage1: dict[tuple[int, int, int], Tensor] = {}
+        output_key = ("out", model, tuple(w))
+        output = self.cache.get(output_key)
+        if output is not None:
+            return _Job(session, req, reply, triplets, output_key, {}, {}, output)
+        frames = dict(received)  # kept even if a small cache has evicted them already
+        stage1: dict[tuple[bytes, bytes, bytes], Tensor] = {}
         missing: set[int] = set()
         for key in triplets:
-            cached = self.cache.get((sid, "s1", key))
+            cached = self.cache.get(("s1", model, key))
             if cached is not None:
                 stage1[key] = cached
                 continue
-            for index in key:
-                if index not in frames:
-                    t = self.cache.get((sid, "f", index))
-                    if t is None:
-                        missing.add(index)
+            for digest in key:
+                if digest not in frames:
+                    t = self.cache.get(("f", str(session.backend.device), digest))
+                    if t is None:  # evicted: the client sends it again
+                        missing.update(i for i in req.window if digests[i] == digest)
                     else:
-                        frames[index] = t
+                        frames[digest] = t
         if missing:
             self.stats.add(need_frames_replies=1)
             reply((P.reply_need_frames(None, sorted(missing)), []))
             return None
-        return _Job(session, req, reply, triplets, frames, stage1)
+        return _Job(session, req, reply, triplets, output_key, frames, stage1)
 
     def _run_stage(self, session: WorkerSession, which: int, triplets: Tensor) -> Tensor:
         backend = session.backend
@@ -330,7 +359,7 @@ class SessionManager:
             self.stats.add(bytes_received=sum(a.nbytes for a in req.frames.values()))
             # Store every request's frames before any request looks for its window: threads that share
             # frames send each one once, and their requests may arrive in any order within a batch.
-            received = {i: self._store(session, i, a) for i, a in req.frames.items()}
+            received = dict(self._store(session, i, a) for i, a in req.frames.items())
             parsed.append((session, req, reply, received))
         jobs: list[_Job] = []
         for session, req, reply, received in parsed:
@@ -340,25 +369,28 @@ class SessionManager:
         if not jobs:
             return
         self.stats.add(batches=1, batched_requests=len(jobs))
-        # Stage 1: every triplet not cached, once per (session, key). Sessions that share a model, a frame
+        done = [job for job in jobs if job.output is not None]
+        self.stats.add(output_cache_hits=len(done))
+        jobs = [job for job in jobs if job.output is None]
+        # Stage 1: every triplet not cached, once per (model, contents). Sessions that share a model, a frame
         # size and tiling (several clips, several vspipe processes) run in the same forward calls.
-        todo: dict[tuple[str, tuple], list[_Job]] = {}
+        todo: dict[tuple[tuple, tuple], list[_Job]] = {}
         for job in jobs:
             for key in job.triplets:
                 if key in job.stage1:
                     self.stats.add(cache_hits=1)
                 else:
-                    todo.setdefault((job.session.id, key), []).append(job)
+                    todo.setdefault((job.session.model_key, key), []).append(job)
         # A triplet computed once serves every request of the batch that needs it: one miss, the rest hits.
         self.stats.add(cache_misses=len(todo), cache_hits=sum(len(v) - 1 for v in todo.values()))
         for group in self._groups(list(todo), lambda item: todo[item][0].session):
             session = todo[group[0]][0].session
-            x = torch.stack([torch.stack([todo[item][0].frames[i] for i in item[1]]) for item in group]).float()
+            x = torch.stack([torch.stack([todo[item][0].frames[d] for d in item[1]]) for item in group]).float()
             out = self._run_stage(session, 1, x)
             for item, y in zip(group, out, strict=True):
                 y = y.clone()
-                sid, key = item
-                self.cache.put((sid, "s1", key), y)
+                model, key = item
+                self.cache.put(("s1", model, key), y)
                 for job in todo[item]:
                     job.stage1[key] = y
         # Stage 2 (frames=5) on the three stage-1 outputs; frames=3 takes the stage-1 output.
@@ -372,10 +404,13 @@ class SessionManager:
             out = self._run_stage(jobs[group[0]].session, 2, x)
             for j, y in zip(group, out, strict=True):
                 results[j] = y
-        outputs = []
         for j, job in enumerate(jobs):
             spec = job.session.spec
-            outputs.append(results[j][:, : spec.height, : spec.width].float().cpu().contiguous().numpy())
+            job.output = results[j][:, : spec.height, : spec.width].float().cpu().contiguous()
+            self.cache.put(job.output_key, job.output)
+        jobs += done
+        outputs = [job.output.numpy() for job in jobs]
+        for job in jobs:
             job.session.frames_served += 1
         self.stats.add(frames_served=len(jobs))  # before replying, so a client's next stats call sees it
         self.publish_sessions()

@@ -145,6 +145,13 @@ class Bench:
             c.open_session(frames=5, width=self.width, height=self.height, sample_type="float",
                            weights=str(self.weights)).close()
 
+    def fresh_worker(self) -> None:
+        """A worker with the model loaded and an empty cache. The worker caches results by frame content across
+        sessions, so a timed render after another render of the same frames would measure that cache instead."""
+        self.stop_worker()
+        self.start_worker()
+        self.load_model()
+
     def stop_worker(self) -> None:
         """Stop whatever worker serves the endpoint (ours or an autostarted one) and wait until it is gone."""
         from erdn_vs.client import WorkerError
