@@ -121,3 +121,47 @@ def test_bench_runs_every_section_with_sane_figures(tmp_path, capsys, isolated_r
     diffs = [r["max_abs_diff"] for key in ("cache", "vsmlrt") for r in sections[key]["rows"] if "max_abs_diff" in r]
     assert len(diffs) == 2 and max(diffs) < 1e-4
     assert _bench_processes(isolated_runtime_dir) == []  # the worker and all else the bench started are gone
+
+
+def test_official_needs_the_paper_preset(capsys, tmp_path) -> None:
+    assert bench_cli.main(["--preset", "lite", "--official", str(tmp_path)]) == 2
+    assert "--official compares the paper preset" in capsys.readouterr().err
+
+
+def test_official_path_that_is_not_a_checkout_is_one_clear_error(tmp_path) -> None:
+    from worker.bench.official import OfficialError, load_official
+
+    with pytest.raises(OfficialError, match="not a checkout of TencentCloud/ERDN"):
+        load_official(tmp_path, seed=0)
+
+
+def test_official_dcn_shim_has_the_official_parameters_and_computes_dcnv2() -> None:
+    """The stand-in for the official compiled DCN: its parameter names load official weights, its function is
+    a modulated deformable convolution (checked against ours, itself tested against torchvision)."""
+    import torch
+
+    from worker.bench import official
+    from worker.model.dcn import deform_conv2d
+
+    names = ["dcn", "dcn.modules", official.SHIM]
+    saved = {n: sys.modules.get(n) for n in names}
+    try:
+        official._install_dcn_shim()
+        shim = sys.modules[official.SHIM]
+        pack = shim.ModulatedDeformConvPack(16, 8, 3, stride=1, padding=1, deformable_groups=4)
+        shapes = {k: tuple(v.shape) for k, v in pack.state_dict().items()}
+        assert shapes == {"weight": (8, 16, 3, 3), "bias": (8,), "conv_offset.weight": (4 * 27, 16, 3, 3),
+                          "conv_offset.bias": (4 * 27,)}
+        torch.manual_seed(0)
+        x = torch.rand(1, 16, 12, 10)
+        offset, mask = torch.randn(1, 72, 12, 10) * 2, torch.rand(1, 36, 12, 10)
+        got = shim._ModulatedDeformConv(x, offset, mask, pack.weight, pack.bias, pack.stride, pack.padding,
+                                        pack.dilation, pack.groups, pack.deformable_groups, pack.im2col_step)
+        want = deform_conv2d(x, offset, pack.weight, pack.bias, padding=1, mask=mask)
+        assert (got - want).abs().max().item() < 1e-4
+    finally:
+        for n, module in saved.items():
+            if module is None:
+                sys.modules.pop(n, None)
+            else:
+                sys.modules[n] = module

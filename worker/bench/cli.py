@@ -65,9 +65,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--vs-threads", type=int, default=0, help="VapourSynth core.num_threads (0: its default)")
     p.add_argument("--batch", type=int, default=2, help="erdn_vs.deblur batch: requests in flight (default 2)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    p.add_argument("--official-forward-s", type=float, default=None,
-                   help="paper: seconds of the official ERDN forward per window at the same size, measured "
-                   "elsewhere; adds the ratio against the paper target")
+    p.add_argument("--official", type=Path, default=None, metavar="PATH",
+                   help="paper preset: a checkout of the official ERDN code (github.com/TencentCloud/ERDN, used "
+                   "unchanged, on the CPU); the cache section then runs its forward side by side with our "
+                   "sequential render, on the same weights, and reports the ratio against the paper target")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     p.add_argument("--workdir", type=Path, default=Path("/tmp"),
                    help="where the bench makes its temp dir (weights, ONNX, sockets, rendered frames; removed at "
@@ -82,6 +83,9 @@ def main(argv: list[str]) -> int:
         if getattr(args, name) < 1:
             print(f"{PROG}: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
+    if args.official is not None and args.preset != ["paper"]:
+        print(f"{PROG}: --official compares the paper preset: pass --preset paper", file=sys.stderr)
+        return 2
     if args.frames < 3:
         print(f"{PROG}: --frames must be at least 3 (a 5-frame window needs a clip to slide over)", file=sys.stderr)
         return 2
@@ -94,6 +98,7 @@ def main(argv: list[str]) -> int:
     from erdn_vs.render import RenderError, vspipe_exe
 
     from .harness import BenchError
+    from .official import OfficialError
     from .vspipe import VspipeError
 
     try:
@@ -105,7 +110,7 @@ def main(argv: list[str]) -> int:
     saved_env = {k: os.environ.get(k) for k in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME")}
     try:
         sections = run_all(args, sizes, root, vspipe)
-    except (BenchError, VspipeError, RuntimeError) as e:
+    except (BenchError, VspipeError, OfficialError, RuntimeError) as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 1
     finally:
@@ -146,7 +151,14 @@ def run_all(args: argparse.Namespace, sizes: list[tuple[int, int]], root: Path, 
     deblur_vpy, vsmlrt_vpy = write_scripts(root)
     out = []
     for preset in args.preset:
-        weights = random_weights(preset, args.seed, root / f"{preset}.safetensors")
+        official = None
+        if args.official is not None:  # the official model's random weights, converted: both compute the same
+            from .official import load_official, save_as_ours
+
+            official = load_official(args.official, args.seed)
+            weights = save_as_ours(official, root / f"{preset}.safetensors")
+        else:
+            weights = random_weights(preset, args.seed, root / f"{preset}.safetensors")
         onnx_dir = root / f"onnx-{preset}"
         if ("vsmlrt" in args.only or ("throughput" in args.only and "onnx" in args.backends)
                 or ("cache" in args.only and args.worker_backend == "onnx")):
@@ -159,7 +171,7 @@ def run_all(args: argparse.Namespace, sizes: list[tuple[int, int]], root: Path, 
                       length=args.frames, compare_frames=args.compare_frames, repeats=args.repeats,
                       threads=args.threads, backend=args.worker_backend, vs_threads=args.vs_threads, batch=args.batch,
                       device=args.device, weights=weights, onnx_dir=onnx_dir,
-                      pair_forward="cache" in args.only, pair_vsmlrt="vsmlrt" in args.only)
+                      pair_forward="cache" in args.only, pair_vsmlrt="vsmlrt" in args.only, official=official)
             try:
                 for key in SECTIONS:
                     if key not in args.only:
@@ -167,8 +179,6 @@ def run_all(args: argparse.Namespace, sizes: list[tuple[int, int]], root: Path, 
                     t0 = time.perf_counter()
                     if key == "throughput":
                         section = S.throughput(b, args.backends)
-                    elif key == "cache":
-                        section = S.cache(b, args.official_forward_s)
                     else:
                         section = getattr(S, key)(b)
                     print(f"{PROG}: {preset} {w}x{h} {key} done in {time.perf_counter() - t0:.1f} s",

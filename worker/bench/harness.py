@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -84,6 +85,7 @@ class Bench:
     # Baselines measured interleaved with our own runs, so that load from other processes hits both alike:
     pair_forward: bool = False  # the full-cascade forward between the worker's frames
     pair_vsmlrt: bool = False  # vs-mlrt's frames rendered half before, half after deblur's
+    official: Any = None  # the official ERDN (worker.bench.official), run beside our forward when given
     memo: dict = field(default_factory=dict)  # measurements that several sections use
     _worker: subprocess.Popen | None = None
     _frames: list[np.ndarray] | None = None
