@@ -112,19 +112,17 @@ def deblur(
     # into lanes, each with its own ModifyFrame: ``batch`` interleaved parts for one worker; for
     # several, ``batch`` lanes per worker over its stripes of consecutive frames (spread.py).
     plan = spread.layout(length, len(endpoints), args["stripe"], args["batch"])
-    padded = plan.padded_length(length)
+    extra = plan.padded_length(length) - length  # whole cycles: every lane gets as many frames
+    inputs = [c + c[-1] * extra if extra else c for c in (blank, *neighbours)]  # the padding is never requested
 
     def lane_of(c: vs.VideoNode, lane: spread.Lane) -> vs.VideoNode:
-        if padded > length:  # whole cycles, so every lane has as many frames; the padding is never requested
-            c = c + c[-1] * (padded - length)
         return c if plan.cycle == 1 else core.std.SelectEvery(c, plan.cycle, lane.offsets, modify_duration=False)
 
     def lane_callback(lane: spread.Lane):
         restorer = restorers[lane.worker]
         return lambda n, f: restore_frame(lane.frame(n, plan.cycle), f, restorer)
 
-    pieces = [core.std.ModifyFrame(lane_of(blank, lane), [lane_of(c, lane) for c in (blank, *neighbours)],
-                                   lane_callback(lane))
+    pieces = [core.std.ModifyFrame(lane_of(inputs[0], lane), [lane_of(c, lane) for c in inputs], lane_callback(lane))
               for lane in plan.lanes]
     restored = pieces[0] if len(pieces) == 1 else core.std.Interleave(pieces, modify_duration=False)
     if plan.order != tuple(range(plan.block)):

@@ -265,6 +265,7 @@ def triplets(frames: list[int], length: int) -> set[tuple[int, ...]]:
     return {w[i : i + 3] for n in frames for w in [spec_window(n, length, 5, -1)] for i in range(3)}
 
 
+@pytest.mark.slow  # about 15 s with starting the three workers
 @pytest.mark.skipif(not VSPIPE.exists(), reason=f"vspipe not found next to {sys.executable}")
 def test_two_workers_render_the_same_bytes_as_one(script, weights, workers):
     length, stripe = 12, 3  # four stripes: frames 0-2 and 6-8 on gpu0, 3-5 and 9-11 on gpu1
