@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .manifest import load_manifest
+
 PROG = "erdn deblur"
 
 
@@ -80,6 +82,8 @@ def build_script(
         f"clip = core.bs.VideoSource({str(Path(input_path).resolve())!r})",
         f"clip = erdn_vs.deblur(clip, {', '.join(args)})",
     ]
+    if isinstance(endpoint, list):  # several workers: deblur runs `batch` (2) callbacks per worker at once
+        lines.insert(4, f"core.num_threads = max(core.num_threads, {2 * len(endpoint)})")
     if frame_range is not None:
         end = "" if frame_range.end is None else str(frame_range.end)
         lines.append(f"clip = clip[{frame_range.start}:{end}]  # after deblur: neighbours across the cut are read")
@@ -90,6 +94,15 @@ def build_script(
 def _endpoints(text: str) -> list[str]:
     """One ``--endpoint`` value: one endpoint or several separated by commas (deblur checks each)."""
     return [part.strip() for part in text.split(",")]
+
+
+def requests_args(args: argparse.Namespace) -> list[str]:
+    """vspipe's frames in flight: with several workers, enough to cover a stripe on each of them."""
+    endpoints = [e for group in args.endpoint or [] for e in group]
+    if len(endpoints) < 2:
+        return []
+    stripe = next(p.default for p in load_manifest().functions["deblur"] if p.name == "stripe")
+    return ["--requests", str(len(endpoints) * int(stripe))]
 
 
 def script_for(args: argparse.Namespace) -> str:
@@ -235,7 +248,7 @@ def render(args: argparse.Namespace) -> Path:
             ff += ["-map", "0:v:0"]
         ff += encoder_args(args.codec, args.crf, args.pix_fmt, args.lossless, args.preset)
         ff += [str(partial)]  # no -shortest: a short audio track must never cost video frames
-        vs_cmd = [vspipe_exe(), *vs_format, "-p", str(vpy), "-"]
+        vs_cmd = [vspipe_exe(), *vs_format, "-p", *requests_args(args), str(vpy), "-"]
         vs_log: list[bytes] = []
         vs = subprocess.Popen(vs_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         enc = subprocess.Popen(ff, stdin=vs.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -319,3 +319,17 @@ def test_one_unreachable_worker_is_a_clear_error(script, weights, workers, isola
     assert f"erdn worker at {workers[1]}" not in err  # the live one is not blamed
     assert elapsed < 30, f"took {elapsed:.1f} s"
 
+
+
+def test_erdn_deblur_keeps_every_worker_busy() -> None:
+    """`erdn deblur` with several endpoints: vspipe requests a stripe per worker, VapourSynth runs their lanes."""
+    import argparse
+
+    from erdn_vs.render import build_script, requests_args
+
+    two = ["ipc:///tmp/a.sock", "ipc:///tmp/b.sock"]
+    assert requests_args(argparse.Namespace(endpoint=[two])) == ["--requests", "16"]  # 2 workers x stripe 8
+    assert requests_args(argparse.Namespace(endpoint=[two[:1]])) == []
+    assert requests_args(argparse.Namespace(endpoint=None)) == []
+    assert "core.num_threads = max(core.num_threads, 4)" in build_script("/x.mkv", endpoint=two)
+    assert "num_threads" not in build_script("/x.mkv", endpoint=two[:1])
