@@ -131,3 +131,19 @@ def test_eval_reads_a_training_checkpoint_like_its_weights(tmp_path: Path) -> No
         assert main([str(path), str(tmp_path / "data"), "--max-windows", "1", "--json", str(tmp_path / name)]) == 0
     a, b = (json.loads((tmp_path / n).read_text())["overall"] for n in ("a.json", "b.json"))
     assert a == b
+
+
+def test_centres_of_scores_a_3_frame_model_on_the_5_frame_models_frames(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "data")
+    weights3 = save_model(build_model("tiny", 3), tmp_path / "t3.safetensors")
+    weights5 = save_model(build_model("tiny", 5), tmp_path / "t5.safetensors")
+
+    def overall(weights: Path, *args: str) -> dict:
+        assert main([str(weights), str(tmp_path / "data"), *args, "--json", str(tmp_path / "r.json")]) == 0
+        return json.loads((tmp_path / "r.json").read_text())["overall"]
+
+    own, as5, f5 = overall(weights3), overall(weights3, "--centres-of", "5"), overall(weights5)
+    assert own["frames"] == 8 and as5["frames"] == f5["frames"] == 4  # centres 1-4 of each video, against 2-3
+    # the same frames as the 5-frame model's: the same blurry baseline
+    assert (as5["blurry_psnr"], as5["blurry_ssim"]) == pytest.approx((f5["blurry_psnr"], f5["blurry_ssim"]))
+    assert own["blurry_psnr"] != pytest.approx(f5["blurry_psnr"])

@@ -57,6 +57,7 @@ def evaluate(
     compare_png: str | Path | None = None,
     max_windows: int = 0,
     device: str = "cpu",
+    centres_of: int = 0,
 ) -> dict:
     """Score ``weights`` on a dataset split; returns per-video and overall means."""
     import torch
@@ -69,7 +70,10 @@ def evaluate(
     compare_done = False
     for video in videos:
         scores: dict[str, list[float]] = {k: [] for k in all_scores}
-        windows = official_windows(len(video), frames, border)
+        windows = official_windows(len(video), max(frames, centres_of), border)
+        if centres_of > frames:  # the centres a longer-window model scores, each with this model's window
+            cut = (centres_of - frames) // 2
+            windows = [win[cut : cut + frames] for win in windows]
         if max_windows:
             windows = windows[:max_windows]
         for win in windows:
@@ -133,6 +137,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--save-dir", help="write restored frames here (<video>/<frame>.png)")
     p.add_argument("--compare-png", help="write one side-by-side PNG: blurry | restored | sharp")
     p.add_argument("--max-windows", type=int, default=0, help="score at most this many frames per video (0: all)")
+    p.add_argument("--centres-of", type=int, default=0, choices=[0, 3, 5], metavar="N",
+                   help="score the frames that a model of N input frames scores, so that 3- and 5-frame models "
+                   "are compared on the same frames (default: this model's own)")
     p.add_argument("--json", help="also write the numbers as JSON here")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
@@ -147,7 +154,8 @@ def main(argv: list[str]) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     try:
         result = evaluate(
-            a.weights, a.dataset, a.split, a.layout, a.border, a.save_dir, a.compare_png, a.max_windows, device
+            a.weights, a.dataset, a.split, a.layout, a.border, a.save_dir, a.compare_png, a.max_windows, device,
+            a.centres_of,
         )
     except (DatasetError, WeightsError, CheckpointError) as e:
         print(f"erdn eval: {e}", file=sys.stderr)
