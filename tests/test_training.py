@@ -171,3 +171,31 @@ def test_validation_can_be_turned_off(tmp_path: Path, dataset: Path) -> None:
     model = load_model(tmp_path / "nv" / "final.safetensors")
     assert model.metadata["iterations"] == 1 and "val_psnr" not in model.metadata
     assert not (tmp_path / "nv" / "best.safetensors").exists()
+
+
+def test_init_from_puts_a_3_frame_stage_into_both_stages(tmp_path: Path, dataset: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """The two-phase recipe: a frames=5 run starts from a trained frames=3 model (stage 1 only)."""
+    from training.train import init_from
+    from worker.model import save_model
+    from worker.model.weights import WeightsError
+
+    torch.manual_seed(3)
+    single = build_model("tiny", 3)
+    path = save_model(single, tmp_path / "f3.safetensors")
+    cascade = build_model("tiny", 5)
+    init_from(cascade, str(path))
+    want = single.stage1.state_dict()
+    for stage in (cascade.stage1, cascade.stage2):
+        got = stage.state_dict()
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    with pytest.raises(WeightsError, match="differs from this run's"):
+        init_from(build_model("lite", 5), str(path))
+    with pytest.raises(WeightsError, match="cannot start a frames=3 run"):
+        init_from(build_model("tiny", 3), str(save_model(cascade, tmp_path / "f5.safetensors")))
+    # through erdn train: a new run starts there (one step moves it), a bad path is one clear line
+    cfg = write_config(tmp_path / "c.yaml", dataset, tmp_path / "c", iterations=1, val_every=1)
+    assert main([str(cfg), "--set", f"model.init_from={path}"]) == 0
+    assert "started from the weights of" in capsys.readouterr().err
+    assert main([str(cfg), "--restart", "--set", f"model.init_from={tmp_path / 'nope.safetensors'}"]) == 2
+    assert "erdn train:" in capsys.readouterr().err

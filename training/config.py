@@ -21,6 +21,9 @@ class ConfigError(ValueError):
 class ModelConfig:
     preset: str = "lite"
     frames: int = 5
+    # Weights (.safetensors or a run's .ckpt) to start a new run from: a frames=3 model's stage goes into
+    # both stages of a frames=5 model (the official two-phase recipe: one stage first, then the cascade).
+    init_from: str = ""
 
 
 @dataclass

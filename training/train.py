@@ -35,6 +35,7 @@ from training.data.images import read_rgb, to_uint8
 from training.losses import CascadeLoss, LossWeights
 from training.metrics import psnr, ssim
 from worker.model import ERDN, build_model, save_model
+from worker.model.weights import WeightsError
 
 CSV_FIELDS = ["iteration", "epoch", "lr", "total", "rec", "grad", "align", "val_psnr", "val_ssim", "seconds"]
 
@@ -183,6 +184,25 @@ def setup_distributed() -> tuple[int, int, int]:
     return dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), world
 
 
+def init_from(model: ERDN, path: str) -> None:
+    """Load a trained model's weights into ``model`` (same preset); a frames=3 model's single stage goes into
+    every stage of a frames=5 ``model``. Raises WeightsError / CheckpointError naming what does not fit."""
+    from training.evaluate import load_weights_or_checkpoint
+
+    source = load_weights_or_checkpoint(path, "cpu")
+    if source.cfg != model.cfg:
+        raise WeightsError(f"model.init_from {path}: its network ({source.preset}) differs from this run's "
+                           f"({model.preset}); start from weights of the same preset")
+    if source.frames == model.frames:
+        model.load_state_dict(source.state_dict())
+        return
+    if source.frames != 3:
+        raise WeightsError(f"model.init_from {path}: a frames={source.frames} model cannot start a "
+                           f"frames={model.frames} run; use frames=3 or frames={model.frames} weights")
+    for stage in (model.stage1, model.stage2):
+        stage.load_state_dict(source.stage1.state_dict())
+
+
 def train(cfg: TrainConfig, resume: bool = True) -> Path:
     """Run (or resume) the training described by ``cfg``; returns the final weights path."""
     rank, local_rank, world = setup_distributed()
@@ -228,6 +248,10 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
         best = {"psnr": float(state["best_psnr"]), "iteration": int(state["best_iteration"])}
         if main_process:
             print(f"erdn train: resumed {ckpt_path} at iteration {start}", file=sys.stderr)
+    elif cfg.model.init_from:
+        init_from(model, cfg.model.init_from)
+        if main_process:
+            print(f"erdn train: started from the weights of {cfg.model.init_from}", file=sys.stderr)
 
     def save_last(iteration: int) -> None:
         save_checkpoint(
@@ -388,7 +412,7 @@ def main(argv: list[str]) -> int:
             print(yaml.safe_dump(asdict(cfg), sort_keys=False))
             return 0
         train(cfg, resume=not a.restart)
-    except (ConfigError, CheckpointError, DatasetError) as e:
+    except (ConfigError, CheckpointError, DatasetError, WeightsError) as e:
         print(f"erdn train: {e}", file=sys.stderr)
         return 2
     return 0
