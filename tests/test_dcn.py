@@ -55,19 +55,10 @@ def make_case(
 
 
 def run_both(case: dict, **kw) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ours as the worker runs it (inference mode: the sampling grid is written in place) and torchvision.
-    Ours with autograd on (the training path) must agree with the inference path."""
-    def ours_now() -> torch.Tensor:
-        return deform_conv2d(
-            case["input"], case["offset"], case["weight"], case["bias"],
-            stride=case["stride"], padding=case["padding"], dilation=case["dilation"], mask=case["mask"], **kw,
-        )
-
-    with torch.inference_mode():
-        ours = ours_now()
-    training = ours_now()
-    # The two round the grid differently (a multiply-add in place): within the oracle's own tolerance.
-    assert (training - ours).abs().max().item() <= 1e-4
+    ours = deform_conv2d(
+        case["input"], case["offset"], case["weight"], case["bias"],
+        stride=case["stride"], padding=case["padding"], dilation=case["dilation"], mask=case["mask"], **kw,
+    )
     theirs = tv_deform_conv2d(
         case["input"], case["offset"], case["weight"], case["bias"],
         stride=case["stride"], padding=case["padding"], dilation=case["dilation"], mask=case["mask"],
@@ -222,8 +213,7 @@ def test_columns_stay_under_the_budget(monkeypatch, budget_rows: int) -> None:
         ours, theirs = run_both(case, max_columns_bytes=budget)
     assert (ours - theirs).abs().max().item() <= 1e-4
     assert max(sampled_bytes) <= budget
-    # ceil(rows / rows per chunk) grid_samples in each of run_both's two runs of ours (inference, training)
-    assert len(sampled_bytes) == 2 * -(-20 // min(budget_rows, 20))
+    assert len(sampled_bytes) == -(-20 // min(budget_rows, 20))  # ceil(rows / rows per chunk)
 
 
 def test_half_precision_samples_wide_frames_accurately() -> None:
