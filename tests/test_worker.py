@@ -511,3 +511,11 @@ def test_random_messages_always_get_a_reply(worker_endpoint, tiny_weights):
                                  weights=str(tiny_weights[5])) as session:
             out = session.process(2, (0, 1, 2, 3, 4), planes)
     assert np.abs(out - reference(tiny_weights[5], (0, 1, 2, 3, 4), planes)).max() <= 1e-5
+
+
+def test_frame_digest_from_a_known_content_digest_is_the_same_name():
+    from worker.session import content_digest, frame_digest
+
+    a = np.random.default_rng(0).random((3, 5, 7), dtype=np.float32)
+    assert frame_digest(a, content_digest(memoryview(a).cast("B"))) == frame_digest(a)
+    assert frame_digest(a.astype(np.float16)) != frame_digest(a.astype(np.float16), content_digest(a.data))

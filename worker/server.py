@@ -210,7 +210,12 @@ class Server:
                     self.stats.add(overloaded=1)
                     raise P.ProtocolError(P.OVERLOADED, f"the worker has {self.config.max_queue} requests or "
                                           f"{self.config.max_queue_mb:g} MiB queued; resend a little later")
-                self.jobs.put((op, identity, request_id, header, [f.buffer for f in frames[1:]], size))
+                from .session import content_digest
+
+                buffers = [f.buffer for f in frames[1:]]
+                # Name the frames here, beside the compute thread (hashlib releases the GIL on big buffers).
+                contents = [content_digest(b) for b in buffers]
+                self.jobs.put((op, identity, request_id, header, buffers, size, contents))
         except P.ProtocolError as e:
             self.stats.add(errors=1)
             if e.code != P.OVERLOADED:
@@ -303,13 +308,13 @@ class Server:
             return reply
 
         process = []
-        for op, identity, request_id, header, buffers, _ in batch:
+        for op, identity, request_id, header, buffers, _, contents in batch:
             reply = replier(identity, request_id)
             if manager is None:
                 reply((P.reply_error(None, P.CONFIG_ERROR, self.load_error or "worker not ready"), []))
                 continue
             if op == "process":
-                process.append((header, buffers, reply))
+                process.append((header, buffers, reply, contents))
                 continue
             self._guarded(reply, lambda op=op, header=header, reply=reply: self._session_op(manager, op, header, reply))
         if process:
@@ -318,7 +323,7 @@ class Server:
             except Exception as e:  # a bug or an out-of-memory: answer every request of the batch
                 log.exception("process batch failed")
                 self.stats.add(errors=1)
-                for _, _, reply in process:
+                for _, _, reply, _ in process:
                     reply((P.reply_error(None, P.INTERNAL, self._internal_message(e)), []))
 
     def _session_op(self, manager, op: str, header: dict, reply) -> None:

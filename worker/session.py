@@ -47,12 +47,18 @@ log = logging.getLogger("erdn.worker")
 Reply = tuple[dict, list]  # header, buffers
 
 
-def frame_digest(array: np.ndarray) -> bytes:
-    """A frame's name in the cache: its shape, sample type and bytes (BLAKE2b, 128 bits)."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{array.dtype.str}{array.shape}".encode())
-    h.update(np.ascontiguousarray(array).data)
-    return h.digest()
+def content_digest(buffer: Any) -> bytes:
+    """BLAKE2b-128 of a buffer's bytes. About 0.5 GB/s here (50 ms for a 1080p float32 frame), so the
+    server's I/O thread computes it as requests arrive, beside the compute thread's work."""
+    return hashlib.blake2b(buffer, digest_size=16).digest()
+
+
+def frame_digest(array: np.ndarray, content: bytes | None = None) -> bytes:
+    """A frame's name in the cache: its shape, sample type and bytes. ``content`` is
+    ``content_digest`` of its bytes when already known."""
+    if content is None:
+        content = content_digest(np.ascontiguousarray(array).data)
+    return hashlib.blake2b(f"{array.dtype.str}{array.shape}".encode() + content, digest_size=16).digest()
 
 
 class ByteLRU:
@@ -266,9 +272,10 @@ class SessionManager:
 
     # ------------------------------------------------------------ processing
 
-    def _store(self, session: WorkerSession, index: int, array: np.ndarray) -> tuple[bytes, Tensor]:
+    def _store(self, session: WorkerSession, index: int, array: np.ndarray,
+               content: bytes | None) -> tuple[bytes, Tensor]:
         """Name a received frame by its content; pad it to the stride once, on the model's device, and cache it."""
-        digest = frame_digest(array)
+        digest = frame_digest(array, content)
         session.digests[index] = digest
         key = ("f", str(session.backend.device), digest)
         t = self.cache.get(key)
@@ -345,10 +352,13 @@ class SessionManager:
             groups += [members[i:i + per_call] for i in range(0, len(members), per_call)]
         return groups
 
-    def process_batch(self, items: list[tuple[dict, list, Callable[[Reply], None]]]) -> None:
-        """Run process requests together: shared stage-1 work is computed once, same-shape work in one batch."""
+    def process_batch(self, items: list[tuple]) -> None:
+        """Run process requests together: shared stage-1 work is computed once, same-shape work in one batch.
+
+        An item is (header, buffers, reply), or (header, buffers, reply, contents) with ``content_digest`` of
+        each buffer, computed as the request arrived."""
         parsed = []
-        for header, buffers, reply in items:
+        for header, buffers, reply, *known in items:
             try:
                 session = self.get(P.session_id_of(header))
                 req = P.parse_process(header, buffers, session.spec)
@@ -359,7 +369,8 @@ class SessionManager:
             self.stats.add(bytes_received=sum(a.nbytes for a in req.frames.values()))
             # Store every request's frames before any request looks for its window: threads that share
             # frames send each one once, and their requests may arrive in any order within a batch.
-            received = dict(self._store(session, i, a) for i, a in req.frames.items())
+            contents = dict(zip((d["index"] for d in header["buffers"]), known[0], strict=True)) if known else {}
+            received = dict(self._store(session, i, a, contents.get(i)) for i, a in req.frames.items())
             parsed.append((session, req, reply, received))
         jobs: list[_Job] = []
         for session, req, reply, received in parsed:
