@@ -31,6 +31,7 @@ LIVENESS_INTERVAL = 3.0  # while waiting for a reply, ping the worker this often
 MAX_PROCESS_ATTEMPTS = 6  # resends after need_frames / session reopen before giving up
 MAX_BUSY_EXTENSIONS = 20  # a process request may wait this many timeouts while the worker is computing
 ENDPOINT_IN_USE = 3  # the worker's exit code when another worker holds the endpoint
+LOG_MAX_BYTES = 10 * 2**20  # an autostarted worker's log is rotated past this size
 OVERLOAD_BACKOFF = (0.02, 0.5)  # first and longest wait before resending a request the worker had no room for
 
 
@@ -83,6 +84,16 @@ class _NoReply(Exception):
     def __init__(self, dead: bool = False) -> None:
         super().__init__()
         self.dead = dead  # a ping just went unanswered too, or another worker process answers now
+
+
+def rotate_log(path: Path, max_bytes: int = LOG_MAX_BYTES) -> None:
+    """Before a worker is autostarted: a log over ``max_bytes`` becomes ``NAME.1`` (the one before is dropped),
+    so autostarted workers' logs never grow without bound."""
+    try:
+        if path.stat().st_size > max_bytes:
+            os.replace(path, path.with_name(path.name + ".1"))
+    except FileNotFoundError:
+        pass
 
 
 def worker_command(endpoint: str, worker_args: list[str] | None = None) -> list[str]:
@@ -314,6 +325,7 @@ class WorkerClient:
                 if self._alive():  # another process started it while we waited for the lock
                     return
                 cmd = worker_command(self.endpoint, self.worker_args)
+                rotate_log(P.log_path())
                 with open(P.log_path(), "ab") as log:
                     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
                                             start_new_session=True, env=_child_env(), close_fds=True, cwd="/")

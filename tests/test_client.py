@@ -115,3 +115,19 @@ def test_client_side_never_imports_torch():
     from conftest import worker_env
 
     assert subprocess.run([sys.executable, "-c", code], env=worker_env(), timeout=60).returncode == 0
+
+
+def test_worker_log_is_rotated_past_its_limit(tmp_path):
+    from erdn_vs.client import rotate_log
+
+    log = tmp_path / "worker.log"
+    rotate_log(log, max_bytes=10)  # no log yet: nothing to do
+    log.write_bytes(b"x" * 10)
+    rotate_log(log, max_bytes=10)
+    assert log.read_bytes() == b"x" * 10  # at the limit: kept
+    log.write_bytes(b"y" * 11)
+    rotate_log(log, max_bytes=10)
+    assert not log.exists() and (tmp_path / "worker.log.1").read_bytes() == b"y" * 11
+    log.write_bytes(b"z" * 12)
+    rotate_log(log, max_bytes=10)  # the older rotated log is dropped
+    assert (tmp_path / "worker.log.1").read_bytes() == b"z" * 12
