@@ -61,6 +61,11 @@ def frame_digest(array: np.ndarray, content: bytes | None = None) -> bytes:
     return hashlib.blake2b(f"{array.dtype.str}{array.shape}".encode() + content, digest_size=16).digest()
 
 
+def _frame_key(session: WorkerSession, digest: bytes) -> tuple:
+    """A received frame's cache key: padded on the session's device, so one copy per device and content."""
+    return ("f", str(session.backend.device), digest)
+
+
 class ByteLRU:
     """Tensors by key, least recently used evicted first once their bytes exceed the budget."""
 
@@ -277,7 +282,7 @@ class SessionManager:
         """Name a received frame by its content; pad it to the stride once, on the model's device, and cache it."""
         digest = frame_digest(array, content)
         session.digests[index] = digest
-        key = ("f", str(session.backend.device), digest)
+        key = _frame_key(session, digest)
         t = self.cache.get(key)
         if t is None:
             t = pad_to_stride(torch.from_numpy(np.array(array, copy=True)).to(session.backend.device))[0]
@@ -310,7 +315,7 @@ class SessionManager:
                 continue
             for digest in key:
                 if digest not in frames:
-                    t = self.cache.get(("f", str(session.backend.device), digest))
+                    t = self.cache.get(_frame_key(session, digest))
                     if t is None:  # evicted: the client sends it again
                         missing.update(i for i in req.window if digests[i] == digest)
                     else:

@@ -88,10 +88,16 @@ def direct_run(b: Bench) -> dict:
         b.fresh_worker()
         frames = b.frames()
         planes = dict(enumerate(frames))
-        forward = _forward_runner(b) if b.pair_forward else None
-        official = official_runner(b.official) if b.pair_forward and b.official is not None else None
+        baselines = {}  # memo name -> run(window): the stateless baselines paired with this run
+        if b.pair_forward:
+            baselines["forward"] = _forward_runner(b)
+            if b.official is not None:
+                from .official import forward_runner
+
+                baselines["official"] = forward_runner(b.official)
         picks = set(baseline_frames(b))
-        outputs, fwd_times, fwd_outputs, off_times, off_outputs = [], [], [], [], []
+        outputs: list[np.ndarray] = []
+        paired: dict[str, tuple[list, list]] = {name: ([], []) for name in baselines}  # (seconds, outputs)
         with b.client() as client:
             before = b.stats()
             t0 = time.perf_counter()
@@ -103,23 +109,18 @@ def direct_run(b: Bench) -> dict:
                 t0 = time.perf_counter()
                 outputs.append(session.process(n, window, planes))
                 seconds += time.perf_counter() - t0
-                if forward is not None and n in picks:
-                    t0 = time.perf_counter()
-                    fwd_outputs.append(forward(np.stack([frames[i] for i in window])))
-                    fwd_times.append(time.perf_counter() - t0)
-                if official is not None and n in picks:
-                    t0 = time.perf_counter()
-                    off_outputs.append(official(np.stack([frames[i] for i in window])))
-                    off_times.append(time.perf_counter() - t0)
+                if baselines and n in picks:
+                    stacked = np.stack([frames[i] for i in window])
+                    for name, run in baselines.items():
+                        t0 = time.perf_counter()
+                        paired[name][1].append(run(stacked))
+                        paired[name][0].append(time.perf_counter() - t0)
             session.close()
             d = _delta(before, b.stats())
         b.memo["direct"] = {"seconds": seconds, "delta": d, "outputs": outputs, "bytes_sent": session.bytes_sent}
-        if fwd_times:
-            b.memo["forward"] = {"median_s": statistics.median(fwd_times), "outputs": fwd_outputs,
-                                 "frames": sorted(picks), "paired": True}
-        if off_times:
-            b.memo["official"] = {"median_s": statistics.median(off_times), "outputs": off_outputs,
-                                  "frames": sorted(picks)}
+        for name, (times, outs) in paired.items():
+            b.memo[name] = {"median_s": statistics.median(times), "outputs": outs, "frames": sorted(picks),
+                            "paired": True}
     return b.memo["direct"]
 
 
@@ -234,8 +235,7 @@ def cache(b: Bench) -> Section:
     s.row("without (full cascade per frame)", fps=1 / forward["median_s"], s_per_frame=forward["median_s"],
           stage_evals_per_frame=4.0)
     picks = forward["frames"]
-    diff = max(float(np.abs(direct["outputs"][n] - f).max()) for n, f in zip(picks, forward["outputs"], strict=True))
-    s.row(f"max |cached - forward|, frames {','.join(map(str, picks))}", max_abs_diff=diff)
+    s.row(f"max |cached - forward|, frames {','.join(map(str, picks))}", max_abs_diff=_max_diff(direct, forward))
     s.ratios.append(Ratio("stage-1 cache speed-up", forward["median_s"] / cached_s, CACHE_TARGET,
                           f"clip edges included: {fig['stage_evals_per_frame'] * b.length:g} stage evaluations "
                           f"for {b.length} frames"))
@@ -247,9 +247,7 @@ def cache(b: Bench) -> Section:
     if official is not None:
         s.row("official ERDN forward (its code, torchvision DCN)", fps=1 / official["median_s"],
               s_per_frame=official["median_s"], stage_evals_per_frame=4.0)
-        diff = max(float(np.abs(direct["outputs"][n] - f).max())
-                   for n, f in zip(official["frames"], official["outputs"], strict=True))
-        s.row("max |ours - official|", max_abs_diff=diff)
+        s.row("max |ours - official|", max_abs_diff=_max_diff(direct, official))
         s.ratios.append(Ratio(f"paper: our sequential render ({b.length} frames) vs the official forward",
                               official["median_s"] / cached_s, PAPER_TARGET,
                               f"official median of frames {','.join(map(str, official['frames']))}, each run right "
@@ -267,10 +265,10 @@ def cache(b: Bench) -> Section:
     return s
 
 
-def official_runner(official):
-    from .official import forward_runner
-
-    return forward_runner(official)
+def _max_diff(direct: dict, baseline: dict) -> float:
+    """Largest difference between the worker's outputs and a baseline's, on the baseline's frames."""
+    return max(float(np.abs(direct["outputs"][n] - f).max())
+               for n, f in zip(baseline["frames"], baseline["outputs"], strict=True))
 
 
 # ------------------------------------------------------------ 4. vs-mlrt
