@@ -136,3 +136,49 @@ def test_noise_and_jpeg_touch_only_the_blurry_frames(tmp_path: Path) -> None:
     a, b = find_videos(clean, "train")[0], find_videos(rough, "train")[0]
     assert np.array_equal(read_rgb(a.sharp[1]), read_rgb(b.sharp[1]))
     assert np.abs(read_rgb(a.blur[1]).astype(int) - read_rgb(b.blur[1]).astype(int)).mean() > 1.0
+
+
+def test_hand_shake_nearly_stops_at_each_turn() -> None:
+    """Shake speed swings from near zero to its peak within a 16-frame clip: blur varies frame to frame."""
+    from training.synth import hand_shake
+
+    times = np.linspace(0, 16, 16 * 9)
+    for seed in range(8):
+        path = hand_shake(np.random.default_rng(seed), times, amplitude=6.0)
+        speed = np.linalg.norm(np.diff(path, axis=0), axis=1)
+        assert np.abs(path).max() <= 6.0 * 1.3 + 1e-9  # main tremor up to the amplitude, the cross one up to 0.3 of it
+        assert speed.min() < 0.35 * speed.max(), seed
+
+
+def test_shaken_clips_vary_their_blur_more_than_steady_pans(tmp_path: Path) -> None:
+    """Per-frame blur (first vs last sub-frame of each exposure) varies more within a shaken clip."""
+    from training.synth import load_stills
+
+    def least_over_most(shake: float) -> float:
+        opts = small(tmp_path, shake=shake, sprites=0, noise=0.0, frames=12, width=64, height=64)
+        stills = load_stills(opts)
+        ratios = []
+        for seed in range(6):
+            sub = render_still_clip(np.random.default_rng(seed), stills, opts)
+            blur = np.array([np.abs(sub[k * 5] - sub[k * 5 + 4]).mean() for k in range(12)])
+            ratios.append(blur.min() / blur.max())
+        return float(np.mean(ratios))
+
+    shaken, steady = least_over_most(1.0), least_over_most(0.0)
+    assert shaken < 0.8 * steady, (shaken, steady)
+
+
+def test_shake_zero_is_the_steady_pan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--shake 0 neither shakes nor draws shake parameters, so data made before --shake existed is remade as it was."""
+    import training.synth as synth
+
+    def no_shake(*args, **kwargs):
+        raise AssertionError("hand_shake called")
+
+    monkeypatch.setattr(synth, "hand_shake", no_shake)
+    stills = synth.load_stills(small(tmp_path))
+    render_still_clip(np.random.default_rng(3), stills, small(tmp_path, shake=0.0, frames=2))
+    with pytest.raises(AssertionError, match="hand_shake called"):
+        render_still_clip(np.random.default_rng(3), stills, small(tmp_path, shake=1.0, frames=2))
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "bad"), "--shake", "-1"])

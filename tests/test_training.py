@@ -133,6 +133,14 @@ def test_shipped_configs_load() -> None:
     )  # fmt: skip
     lite = load_config(REPO / "training" / "configs" / "lite_synth.yaml")
     assert (lite.model.preset, lite.model.frames) == ("lite", 5)
+    # the shipped weights' recipe costs what its 3-frame control costs (a 5-frame iteration = 4.05 three-frame ones)
+    shipped = load_config(REPO / "training" / "configs" / "lite_synth_v2.yaml")
+    control = load_config(REPO / "training" / "configs" / "lite_synth_v2_f3.yaml")
+    assert (shipped.model.preset, shipped.model.frames, control.model.frames) == ("lite", 5, 3)
+    (phase1,) = control.keep_at
+    assert shipped.model.init_from == f"{control.run_dir}/it{phase1}.ckpt"
+    assert abs(phase1 + 4.05 * shipped.iterations - control.iterations) < 10
+    assert shipped.data.root == control.data.root and shipped.data.crop == control.data.crop
 
 
 def test_paper_schedule_halves_every_200_epochs() -> None:
@@ -199,3 +207,16 @@ def test_init_from_puts_a_3_frame_stage_into_both_stages(tmp_path: Path, dataset
     assert "started from the weights of" in capsys.readouterr().err
     assert main([str(cfg), "--restart", "--set", f"model.init_from={tmp_path / 'nope.safetensors'}"]) == 2
     assert "erdn train:" in capsys.readouterr().err
+
+
+def test_keep_at_keeps_those_iterations_checkpoints(tmp_path: Path, dataset: Path) -> None:
+    """keep_at: the checkpoint of a named iteration survives later ones (phase 1 of the two-phase recipe)."""
+    cfg = write_config(tmp_path / "k.yaml", dataset, tmp_path / "k", iterations=3, keep_at=[1], val_every=10)
+    assert main([str(cfg)]) == 0
+    kept = load_checkpoint(tmp_path / "k" / "it1.ckpt")
+    assert kept["iteration"] == 1 and load_checkpoint(tmp_path / "k" / "last.ckpt")["iteration"] == 3
+    last = load_checkpoint(tmp_path / "k" / "last.ckpt")["model"]
+    assert any(not torch.equal(kept["model"][k], v) for k, v in last.items())
+    for bad in ([0], "2800", [1.5], [True]):
+        with pytest.raises(ConfigError, match="keep_at must be a list of positive iterations"):
+            load_config(write_config(tmp_path / "kb.yaml", dataset, tmp_path / "kb", keep_at=bad))

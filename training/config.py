@@ -76,6 +76,7 @@ class TrainConfig:
     val_every: int = 500
     checkpoint_every: int = 100  # iterations; also every checkpoint_minutes, whichever comes first
     checkpoint_minutes: float = 0.0
+    keep_at: tuple[int, ...] = ()  # also keep the checkpoint of these iterations, as it<N>.ckpt
     log_every: int = 10
     threads: int = 0  # torch CPU threads (0: torch's default)
     amp: bool = True  # mixed precision on CUDA (bfloat16); ignored on CPU
@@ -121,6 +122,12 @@ def _build(cls: type, raw: Any, where: str) -> Any:
             if isinstance(default, int) and not float(value).is_integer():
                 raise ConfigError(f"{where}.{name} must be a whole number, got {value!r}")
             value = type(default)(value)
+        elif name == "keep_at":
+            if not isinstance(value, list | tuple) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+            ):
+                raise ConfigError(f"{where}.keep_at must be a list of positive iterations, got {value!r}")
+            value = tuple(value)
         elif isinstance(default, tuple):
             value = tuple(float(v) for v in value)
         elif isinstance(default, str) and not isinstance(value, str):

@@ -3,8 +3,13 @@
 Each output frame is the average of several consecutive sharp sub-frames in linear light
 (sRGB -> linear, mean, -> sRGB); its sharp target is the middle sub-frame. Sub-frames come
 either from the user's own sharp high-frame-rate video (or frame folder), or are rendered
-from still photographs moved by a smooth random camera trajectory (translation, small
-rotation and zoom) with independently moving foreground sprites cut out of other photos.
+from still photographs moved by a random camera trajectory (a pan with small rotation and
+zoom, plus hand shake) with independently moving foreground sprites cut out of other photos.
+
+Hand shake matters for video deblurring: its velocity swings through zero every few
+frames, so within one clip some frames are nearly sharp and their neighbours smeared, as
+in hand-held footage (DVD, GOPRO). That is the detail a multi-frame model can borrow from
+its neighbours; with a steady pan (``--shake 0``) every frame is blurred alike.
 
 Output (the paired-folder layout the loaders read)::
 
@@ -51,6 +56,7 @@ class SynthOptions:
     height: int = 256
     subframes: int = 9
     motion: float = 1.0
+    shake: float = 1.0
     sprites: int = 3
     noise: float = 0.01
     jpeg: int = 0
@@ -90,6 +96,9 @@ def degrade(blurry: np.ndarray, rng: np.random.Generator, noise: float, jpeg: in
 
 # ----------------------------------------------------------------------------- rendering stills
 
+#: Largest hand-shake amplitude, in output pixels at motion 1 and shake 1.
+SHAKE_PX = 8.0
+
 
 def load_stills(opts: SynthOptions) -> list[np.ndarray]:
     """The photographs to render from, as linear-light float32 (H, W, 3)."""
@@ -120,6 +129,24 @@ def smooth_path(rng: np.random.Generator, times: np.ndarray, speed: float, wobbl
         phase = rng.uniform(0, 2 * math.pi, 2)
         pos = pos + wobble * np.sin(2 * math.pi * freq * times[:, None] + phase)
     return pos
+
+
+def hand_shake(rng: np.random.Generator, times: np.ndarray, amplitude: float) -> np.ndarray:
+    """Hand-held camera shake (len(times), 2): a back-and-forth tremor along one random
+    direction, 0.06-0.2 cycles per frame (2-6 Hz at 30 fps), with a weaker tremor across it.
+
+    Speed peaks mid-swing and nearly stops at each turn, so blur varies from frame to frame.
+    """
+    theta = rng.uniform(0, math.pi)
+    along = np.array([math.cos(theta), math.sin(theta)])
+    across = np.array([-along[1], along[0]])
+    freq = rng.uniform(0.06, 0.2, 2)
+    phase = rng.uniform(0, 2 * math.pi, 2)
+    amp = amplitude * rng.uniform(0.5, 1.0) * np.array([1.0, rng.uniform(0.1, 0.3)])
+    return (
+        amp[0] * np.sin(2 * math.pi * freq[0] * times + phase[0])[:, None] * along
+        + amp[1] * np.sin(2 * math.pi * freq[1] * times + phase[1])[:, None] * across
+    )
 
 
 def sample_grid(
@@ -176,6 +203,11 @@ def render_still_clip(rng: np.random.Generator, stills: list[np.ndarray], opts: 
     centre = start + smooth_path(rng, times, speed, wobble=0.8 * opts.motion / base_scale)
     angle = math.radians(rng.uniform(-10, 10)) + times * math.radians(rng.normal(0.0, 0.4 * opts.motion))
     scale = base_scale * np.exp(times * rng.normal(0.0, 0.006 * opts.motion))
+    if opts.shake > 0:
+        # a hand-held shot: the pan slows (a fraction of the steady-pan speed) and shake dominates
+        pan = rng.uniform(0.0, 0.5)
+        centre = start + (centre - start) * pan
+        centre = centre + hand_shake(rng, times, SHAKE_PX * opts.shake * opts.motion / base_scale)
     frames = warp(bg, sample_grid((h, w), bg.shape[:2], centre, angle, scale), "reflection")
 
     n_sprites = int(rng.integers(1, opts.sprites + 1)) if opts.sprites > 0 else 0
@@ -335,6 +367,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--size", type=parse_size, default=(256, 256), help="WIDTHxHEIGHT (default 256x256)")
     p.add_argument("--subframes", type=int, default=9, help="sharp sub-frames averaged per blurry frame (default 9)")
     p.add_argument("--motion", type=float, default=1.0, help="motion strength multiplier (default 1.0)")
+    p.add_argument("--shake", type=float, default=1.0,
+                   help="hand-shake strength: blur that varies from frame to frame (default 1.0; 0: steady pans)")
     p.add_argument("--sprites", type=int, default=3, help="at most this many moving foreground objects (default 3)")
     p.add_argument("--noise", type=float, default=0.01, help="max Gaussian noise sigma on blurry frames, 0-1 units")
     p.add_argument("--jpeg", type=int, default=0, help="min JPEG quality of blurry frames (0: no JPEG)")
@@ -343,8 +377,8 @@ def main(argv: list[str]) -> int:
     for name in ("clips", "frames", "subframes"):
         if getattr(a, name) < 1:
             p.error(f"--{name} must be at least 1")
-    if a.test_clips < 0 or a.noise < 0 or a.motion < 0 or not 0 <= a.jpeg <= 95:
-        p.error("--test-clips, --noise and --motion must be >= 0, --jpeg in 0..95")
+    if a.test_clips < 0 or a.noise < 0 or a.motion < 0 or a.shake < 0 or not 0 <= a.jpeg <= 95:
+        p.error("--test-clips, --noise, --motion and --shake must be >= 0, --jpeg in 0..95")
     opts = SynthOptions(
         out=a.out,
         clips=a.clips,
@@ -354,6 +388,7 @@ def main(argv: list[str]) -> int:
         height=a.size[1],
         subframes=a.subframes,
         motion=a.motion,
+        shake=a.shake,
         sprites=a.sprites,
         noise=a.noise,
         jpeg=a.jpeg,

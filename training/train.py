@@ -357,9 +357,13 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
         if iteration % cfg.val_every == 0 or iteration == cfg.iterations:
             run_validation(iteration)
         minutes_due = cfg.checkpoint_minutes > 0 and time.time() - last_ckpt_time > 60 * cfg.checkpoint_minutes
-        if main_process and (iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations or minutes_due):
+        keep = iteration in cfg.keep_at
+        due = iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations or minutes_due
+        if main_process and (due or keep):
             save_last(iteration)
             last_ckpt_time = time.time()
+            if keep:
+                shutil.copyfile(ckpt_path, run_dir / f"it{iteration}.ckpt")
     if start >= cfg.iterations:  # resumed a finished run: validate once more for the weights' metadata
         run_validation(iteration)
     if main_process:
