@@ -16,18 +16,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from training.data.images import to_uint8  # noqa: E402
+from training.metrics import psnr  # noqa: E402
 from training.synth import SynthOptions, expose, load_stills, render_still_clip  # noqa: E402
 
 
 def frame_psnrs(opts: SynthOptions, clip: int, stills: list[np.ndarray]) -> np.ndarray:
     sub = render_still_clip(np.random.default_rng([opts.seed, clip]), stills, opts)
     s = opts.subframes
-    out = []
-    for k in range(opts.frames):
-        blurry, sharp = expose(sub[k * s : (k + 1) * s])
-        mse = np.mean((np.round(blurry * 255) - np.round(sharp * 255)) ** 2) / 255**2
-        out.append(10 * np.log10(1 / max(mse, 1e-10)))
-    return np.array(out)
+    pairs = (expose(sub[k * s : (k + 1) * s]) for k in range(opts.frames))
+    return np.array([psnr(to_uint8(blurry), to_uint8(sharp), border=0) for blurry, sharp in pairs])
 
 
 def main() -> int:
