@@ -69,12 +69,14 @@ def deblur(
         endpoint_param = manifest.params("deblur")["endpoint"]
         endpoints = [None] if endpoints is None else [endpoint_param.check(e) for e in endpoints]
         formats.check_clip(clip)
+        first = dict(clip.get_frame(0).props)  # the one frame read at script time: fields and colour
+        formats.check_progressive(first)
         model, weights = _choose_model(args["model"], args["weights"], args["frames"])
     except (ValueError, ManifestError) as e:
         raise vs.Error(PREFIX + str(e)) from None
 
     core = vs.core
-    colour = formats.colour_of(clip)
+    colour = formats.colour_from_props(first, clip.format, clip.width, clip.height)
     rgb = formats.to_rgb(clip, colour)
     length, frames = clip.num_frames, args["frames"]
     r = windows.radius(frames)
@@ -100,6 +102,11 @@ def deblur(
         else:
             cut = windows.no_cuts
         window = windows.temporal_window(n, length, frames, cut)
+        for k in sorted(set(window)):  # frame 0 was checked at script time; a later frame may be interlaced
+            try:
+                formats.check_progressive(received[k].props, f"source frame {k}")
+            except ValueError as e:
+                raise vs.Error(f"{PREFIX}frame {n}: {e}") from None
         planes = {k: formats.frame_to_array(received[k]) for k in set(window)}
         restored = restorer.process(n, window, planes)
         out = f[0].copy()

@@ -75,6 +75,26 @@ def check_clip(clip: object) -> None:
         raise ValueError(f"clip is {fmt.name}; half (16-bit) and single (32-bit) float clips are supported")
 
 
+FIELD_ORDER = {1: "bottom field first", 2: "top field first"}  # _FieldBased codes
+DEINTERLACE_HINT = (
+    "ERDN restores progressive frames: deinterlace first (e.g. havsfunc.QTGMC(clip, TFF=True), or "
+    "core.bwdif.Bwdif(clip, field=1)), or, if the clip is really progressive and the tag is wrong, "
+    "clear it with core.std.SetFieldBased(clip, 0)"
+)
+
+
+def check_progressive(props: dict, what: str = "clip") -> None:
+    """Raise ValueError (saying what to do) when a frame's ``_FieldBased`` marks it interlaced.
+
+    Refused rather than restored: core.resize converts chroma per field on the way in but the way
+    back has no field information, and the model's motion handling assumes whole frames.
+    """
+    field_based = props.get("_FieldBased", 0)
+    if field_based in FIELD_ORDER:
+        raise ValueError(f"{what} is interlaced (_FieldBased={field_based}, {FIELD_ORDER[field_based]}); "
+                         + DEINTERLACE_HINT)
+
+
 def work_format(fmt: vs.VideoFormat) -> int:
     """RGBH for sources of at most 10 bits or half float, RGBS otherwise."""
     if fmt.bits_per_sample <= 10 or (fmt.sample_type == vs.FLOAT and fmt.bits_per_sample == 16):

@@ -179,3 +179,35 @@ def test_worker_errors_become_one_vapoursynth_error(recorder, weights, monkeypat
     recorder.fail_with = None
     out.get_frame(2)
     assert recorder.attempts == 2 and len(recorder.opened) == 1
+
+
+@pytest.mark.parametrize("field_based", [1, 2])
+def test_an_interlaced_clip_is_refused_with_what_to_do(recorder, weights, field_based):
+    src = core.std.SetFieldBased(vpy_clips.pattern_clip(vs.YUV420P8, 3, 32, 24), field_based)
+    with pytest.raises(vs.Error) as e:
+        deblur(src, weights=weights)
+    message = str(e.value)
+    assert message.startswith("erdn_vs.deblur: clip is interlaced") and "\n" not in message
+    assert f"_FieldBased={field_based}" in message
+    assert "QTGMC" in message and "std.SetFieldBased(clip, 0)" in message  # deinterlace, or clear a wrong tag
+    assert recorder.attempts == 0
+
+
+def test_an_interlaced_frame_later_in_the_clip_is_refused(recorder, weights):
+    """Frames 0-4 progressive, 5-7 field-based (mixed broadcast material): requests that need them fail."""
+    src = vpy_clips.pattern_clip(vs.YUV420P8, 8, 32, 24)
+    src = src[:5] + core.std.SetFieldBased(src[5:], 2)
+    out = deblur(src, weights=weights)
+    out.get_frame(0)
+    with pytest.raises(vs.Error) as e:
+        out.get_frame(7)
+    last = str(e.value).strip().splitlines()[-1]
+    assert "erdn_vs.deblur: frame 7: source frame 5 is interlaced (_FieldBased=2" in last, last
+    assert "QTGMC" in last
+
+
+def test_a_progressive_tag_goes_through(recorder, weights):
+    src = core.std.SetFieldBased(vpy_clips.pattern_clip(vs.YUV420P8, 3, 32, 24), 0)
+    out = deblur(src, weights=weights)
+    out.get_frame(1)
+    assert recorder.attempts == 1
