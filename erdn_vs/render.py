@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,10 +57,14 @@ def build_script(
     precision: str = "auto",
     endpoint: str | list[str] | None = None,
     frame_range: FrameRange | None = None,
+    scene_cuts: list[int] | None = None,
+    autostart: bool = True,
 ) -> str:
     """The .vpy text that ``erdn deblur`` renders; users can take it into their own scripts.
 
     ``endpoint``: one worker, or a list of several (deblur spreads the frames over them).
+    ``scene_cuts``: source frames that start a new scene; they get ``_SceneChangePrev=1``, so
+    no temporal window mixes two scenes (bs.VideoSource sets no scene-change flags itself).
     """
     args = [f"frames={window}"]
     if model is not None:
@@ -74,6 +79,8 @@ def build_script(
         endpoint = endpoint[0]
     if endpoint is not None:
         args.append(f"endpoint={endpoint!r}")
+    if not autostart:
+        args.append("autostart=False")
     lines = [
         "import vapoursynth as vs",
         "import erdn_vs",
@@ -82,6 +89,21 @@ def build_script(
         f"clip = core.bs.VideoSource({str(Path(input_path).resolve())!r})",
         f"clip = erdn_vs.deblur(clip, {', '.join(args)})",
     ]
+    if scene_cuts:
+        lines[-1:-1] = [
+            f"SCENE_STARTS = frozenset({sorted(set(scene_cuts))!r})  # frames that start a new scene",
+            "",
+            "",
+            "def mark_scene_start(n, f):",
+            "    if n not in SCENE_STARTS:",
+            "        return f",
+            "    out = f.copy()",
+            "    out.props['_SceneChangePrev'] = 1",
+            "    return out",
+            "",
+            "",
+            "clip = core.std.ModifyFrame(clip, clip, mark_scene_start)",
+        ]
     if isinstance(endpoint, list):  # several workers: deblur runs `batch` (2) callbacks per worker at once
         lines.insert(4, f"core.num_threads = max(core.num_threads, {2 * len(endpoint)})")
     if frame_range is not None:
@@ -89,6 +111,24 @@ def build_script(
         lines.append(f"clip = clip[{frame_range.start}:{end}]  # after deblur: neighbours across the cut are read")
     lines.append("clip.set_output()")
     return "\n".join(lines) + "\n"
+
+
+def read_scene_cuts(path: str | Path) -> list[int]:
+    """Frame numbers that start a new scene, from a text file: integers separated by spaces, commas
+    or new lines; ``#`` starts a comment. Raises RenderError naming the file and the bad entry."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RenderError(f"cannot read scene cuts from {path}: {e}") from None
+    cuts = []
+    for token in re.split(r"[\s,]+", re.sub(r"#[^\n]*", "", text)):
+        if not token:
+            continue
+        if not token.isdigit() or int(token) < 1:
+            raise RenderError(f"scene cuts file {path}: {token!r} is not a frame number >= 1 "
+                              "(list the frames that start a new scene, e.g. `120 388 1021`)")
+        cuts.append(int(token))
+    return sorted(set(cuts))
 
 
 def _endpoints(text: str) -> list[str]:
@@ -108,8 +148,9 @@ def requests_args(args: argparse.Namespace) -> list[str]:
 def script_for(args: argparse.Namespace) -> str:
     """The .vpy for parsed ``erdn deblur`` arguments (what --script prints and render() runs)."""
     endpoint = None if args.endpoint is None else [e for group in args.endpoint for e in group]
+    cuts = read_scene_cuts(args.scene_cuts) if args.scene_cuts else None
     return build_script(args.input, model=args.model, weights=args.weights, window=args.window, device=args.device,
-                        precision=args.precision, endpoint=endpoint, frame_range=args.frames)
+                        precision=args.precision, endpoint=endpoint, frame_range=args.frames, scene_cuts=cuts)
 
 
 def ffmpeg_exe() -> str:
@@ -174,6 +215,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--lossless", action="store_true", help="lossless intermediate (ffv1, or x264 -qp 0)")
     p.add_argument("--no-audio", action="store_true", help="do not copy the input's audio")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--scene-cuts", metavar="FILE",
+                   help="text file listing the frames that start a new scene (e.g. from PySceneDetect): windows "
+                        "never mix two scenes, and --ray cuts its chunks there")
+    farm = p.add_argument_group("render farm (Ray; `pip install 'erdn-vs[cluster]'`)")
+    farm.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                      help="render chunks on Ray: alone, a local Ray on this machine; `auto`, the cluster this "
+                           "machine belongs to; or ray://HEAD:10001")
+    farm.add_argument("--chunk-frames", type=int, default=1000, metavar="N",
+                      help="frames per chunk, about (default 1000: minutes of one GPU)")
+    farm.add_argument("--actors", type=int, metavar="N",
+                      help="chunk renderers (default: one per GPU of the cluster, else one per CPU)")
+    farm.add_argument("--ship-input", action="store_true",
+                      help="send the input (and --weights) to the nodes through Ray's object store, "
+                           "for nodes that share no filesystem")
+    farm.add_argument("--chunk-dir", metavar="DIR",
+                      help="where finished chunks are kept so a rerun resumes (default: .OUTPUT.chunks next to "
+                           "the output)")
+    farm.add_argument("--keep-chunks", action="store_true", help="keep the finished chunks after joining them")
     args = p.parse_args(argv)
     if not args.script and not args.output:
         p.error("the following arguments are required: -o/--output (or use --script)")
@@ -197,9 +256,8 @@ def check_paths(input_path: Path, output: Path) -> None:
 _PROGRESS = re.compile(rb"Frame:\s*(\d+)/(\d+)")
 
 
-def _follow_progress(stream, quiet: bool, log: list[bytes]) -> None:
-    """Read vspipe's stderr: keep the text for errors, turn its progress into our own line."""
-    start = time.monotonic()
+def _follow_progress(stream, on_progress: Callable[[int, int], None] | None, log: list[bytes]) -> None:
+    """Read vspipe's stderr: keep the text for errors, pass its progress (done, total) to ``on_progress``."""
     buf = b""
     while chunk := stream.read1(4096):  # a Popen pipe: returns what is there, b"" at EOF
         buf += chunk
@@ -210,19 +268,57 @@ def _follow_progress(stream, quiet: bool, log: list[bytes]) -> None:
             if not m:
                 if part.strip():
                     log.append(part)
-                continue
-            if quiet:
-                continue
-            done, total = int(m.group(1)), int(m.group(2))
-            elapsed = time.monotonic() - start
-            fps = done / elapsed if elapsed > 0 else 0.0
-            eta = (total - done) / fps if fps > 0 else float("nan")
-            sys.stderr.write(f"\r{PROG}: frame {done}/{total}  {fps:.2f} fps  ETA {eta:6.0f} s ")
-            sys.stderr.flush()
+            elif on_progress is not None:
+                on_progress(int(m.group(1)), int(m.group(2)))
     if buf.strip():
         log.append(buf)
-    if not quiet:
-        sys.stderr.write("\n")
+
+
+def progress_line() -> Callable[[int, int], None]:
+    """``on_progress`` for one render: a ``frame done/total  fps  ETA`` line rewritten on stderr."""
+    start = time.monotonic()
+
+    def show(done: int, total: int) -> None:
+        elapsed = time.monotonic() - start
+        fps = done / elapsed if elapsed > 0 else 0.0
+        eta = (total - done) / fps if fps > 0 else float("nan")
+        sys.stderr.write(f"\r{PROG}: frame {done}/{total}  {fps:.2f} fps  ETA {eta:6.0f} s ")
+        sys.stderr.flush()
+
+    return show
+
+
+def pipe_into_ffmpeg(vpy: Path, vs_format: list[str], ffmpeg_cmd: list[str], *, source: Path, output: Path,
+                     requests: list[str] | None = None,
+                     on_progress: Callable[[int, int], None] | None = None) -> None:
+    """Run ``vspipe`` on ``vpy`` into ``ffmpeg_cmd`` (which reads the frames from pipe:0).
+
+    ``vs_format``: vspipe's output options (``video_input_args``). Raises RenderError naming
+    ``source`` when vspipe fails (with its message) or ``output`` when ffmpeg fails; the caller
+    removes what ffmpeg wrote. Interrupted (KeyboardInterrupt, a signal), it kills both.
+    """
+    vs_cmd = [vspipe_exe(), *vs_format, "-p", *(requests or []), str(vpy), "-"]
+    vs_log: list[bytes] = []
+    vs = subprocess.Popen(vs_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    enc = subprocess.Popen(ffmpeg_cmd, stdin=vs.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    vs.stdout.close()  # ffmpeg owns the pipe now
+    reader = threading.Thread(target=_follow_progress, args=(vs.stderr, on_progress, vs_log), daemon=True)
+    reader.start()
+    try:
+        enc_err = enc.communicate()[1]
+        vs_rc = vs.wait()
+    except BaseException:
+        vs.kill()
+        enc.kill()
+        raise
+    reader.join(timeout=5)
+    if vs_rc != 0:
+        detail = b"\n".join(vs_log).decode(errors="replace").strip()
+        raise RenderError(f"rendering {source} failed (vspipe exit {vs_rc}):\n{detail}")
+    if enc.returncode != 0:
+        raise RenderError(
+            f"encoding to {output} failed (ffmpeg exit {enc.returncode}):\n{enc_err.decode(errors='replace').strip()}"
+        )
 
 
 def render(args: argparse.Namespace) -> Path:
@@ -248,30 +344,15 @@ def render(args: argparse.Namespace) -> Path:
             ff += ["-map", "0:v:0"]
         ff += encoder_args(args.codec, args.crf, args.pix_fmt, args.lossless, args.preset)
         ff += [str(partial)]  # no -shortest: a short audio track must never cost video frames
-        vs_cmd = [vspipe_exe(), *vs_format, "-p", *requests_args(args), str(vpy), "-"]
-        vs_log: list[bytes] = []
-        vs = subprocess.Popen(vs_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-        enc = subprocess.Popen(ff, stdin=vs.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        vs.stdout.close()  # ffmpeg owns the pipe now
-        reader = threading.Thread(target=_follow_progress, args=(vs.stderr, args.quiet, vs_log), daemon=True)
-        reader.start()
         try:
-            enc_err = enc.communicate()[1]
-            vs_rc = vs.wait()
+            pipe_into_ffmpeg(vpy, vs_format, ff, source=input_path, output=output, requests=requests_args(args),
+                             on_progress=None if args.quiet else progress_line())
         except BaseException:
-            vs.kill()
-            enc.kill()
             partial.unlink(missing_ok=True)
             raise
-        reader.join(timeout=5)
-    if vs_rc != 0 or enc.returncode != 0:
-        partial.unlink(missing_ok=True)
-        detail = b"\n".join(vs_log).decode(errors="replace").strip()
-        if vs_rc != 0:
-            raise RenderError(f"rendering {input_path} failed (vspipe exit {vs_rc}):\n{detail}")
-        raise RenderError(
-            f"encoding to {output} failed (ffmpeg exit {enc.returncode}):\n{enc_err.decode(errors='replace').strip()}"
-        )
+        finally:
+            if not args.quiet:
+                sys.stderr.write("\n")
     partial.replace(output)
     return output
 
@@ -319,11 +400,16 @@ def video_input_args(info: dict[str, str | float]) -> tuple[list[str], list[str]
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    if args.script:
-        print(script_for(args), end="")
-        return 0
     try:
-        out = render(args)
+        if args.script:
+            print(script_for(args), end="")
+            return 0
+        if args.ray is not None:
+            from .farm.driver import render_on_ray  # imports Ray; only here
+
+            out = render_on_ray(args)
+        else:
+            out = render(args)
     except RenderError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 1
