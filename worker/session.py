@@ -126,6 +126,8 @@ class Stats:
     sessions: dict[str, dict] = field(default_factory=dict)
     cache_bytes: int = 0
     cache_evictions: int = 0
+    models_loaded: int = 0  # weights loaded onto a device (once per model, device and precision)
+    model_load_seconds: float = 0.0
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
@@ -232,8 +234,9 @@ class SessionManager:
                 raise P.ProtocolError(P.MODEL_ERROR, str(e)) from None
             except BackendError as e:
                 raise P.ProtocolError(P.CONFIG_ERROR, str(e)) from None
-            log.info("loaded %s on %s (%s, %s) in %.2f s", weights.path, device, self.backend_kind, precision,
-                     time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
+            log.info("loaded %s on %s (%s, %s) in %.2f s", weights.path, device, self.backend_kind, precision, seconds)
+            self.stats.add(models_loaded=1, model_load_seconds=seconds)
             self._backends[key] = backend
         if backend.frames != spec.frames:
             raise P.ProtocolError(P.MODEL_ERROR, f"{weights.path} is a frames={backend.frames} model; open the "
