@@ -230,3 +230,82 @@ def test_keep_at_keeps_those_iterations_checkpoints(tmp_path: Path, dataset: Pat
     for bad in ([0], "2800", [1.5], [True]):
         with pytest.raises(ConfigError, match="keep_at must be a list of positive iterations"):
             load_config(write_config(tmp_path / "kb.yaml", dataset, tmp_path / "kb", keep_at=bad))
+
+
+def test_ema_is_validated_shipped_and_resumed_exactly(tmp_path: Path, dataset: Path) -> None:
+    """With ema > 0 the shipped weights are the running average (AveragedModel), kept across a resume."""
+    recipe = {"ema": 0.9, "loss": {"pixel": "charbonnier"}, "optimizer": {"lr": 1.0e-3, "offset_lr_mult": 0.25}}
+    straight = write_config(tmp_path / "a.yaml", dataset, tmp_path / "a", **recipe)
+    assert main([str(straight)]) == 0
+    split = write_config(tmp_path / "b.yaml", dataset, tmp_path / "b", **recipe)
+    assert main([str(split), "--set", "iterations=2"]) == 0
+    state = load_checkpoint(tmp_path / "b" / "last.ckpt")
+    assert int(state["ema"]["n_averaged"]) == 2 and state["train_seconds"] > 0
+    assert main([str(split)]) == 0
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")
+    final = load_file(tmp_path / "a" / "final.safetensors")
+    last = load_checkpoint(tmp_path / "a" / "last.ckpt")
+    # the shipped file is the average, not the raw weights (which differ after 4 steps at lr 1e-3)
+    assert all(torch.equal(final[k], last["ema"][f"module.{k}"]) for k in final)
+    assert any(not torch.equal(final[k], last["model"][k]) for k in final)
+    with open(tmp_path / "a" / "log.csv", newline="") as f:
+        assert any(r["val_psnr_raw"] for r in csv.DictReader(f))
+
+
+def test_crop_steps_grow_the_crop_at_their_iterations(tmp_path: Path, dataset: Path) -> None:
+    cfg_path = write_config(tmp_path / "c.yaml", dataset, tmp_path / "c", data={
+        "root": str(dataset), "crop": 16, "val_windows": 2, "crop_steps": [[2, 24], [3, 32]]})
+    assert main([str(cfg_path)]) == 0
+    with open(tmp_path / "c" / "log.csv", newline="") as f:
+        crops = {int(r["iteration"]): int(r["crop"]) for r in csv.DictReader(f) if r["crop"]}
+    assert crops == {1: 16, 2: 16, 3: 24, 4: 32}  # logged after the step: iteration i ran at crop_at(i - 1)
+
+
+def test_learning_rate_groups_slow_offsets_and_stage1() -> None:
+    from training.train import param_groups, set_group_rates
+
+    cfg = load_config(REPO / "training" / "configs" / "lite_synth_2phase.yaml", {
+        "optimizer.offset_lr_mult": 0.25, "optimizer.stage1_lr_mult": 0.0, "optimizer.stage1_lr_until": 10})
+    model = build_model("tiny", 5)
+    optimizer = torch.optim.Adam(param_groups(model, cfg), lr=1.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(names)
+    set_group_rates(optimizer, cfg, 1e-3, iteration=5)
+    for g in optimizer.param_groups:
+        for p in g["params"]:
+            n = names[id(p)]
+            want = 0.0 if n.startswith("stage1.") else 1e-3 * (0.25 if "offset" in n else 1.0)
+            assert g["lr"] == pytest.approx(want), n
+    set_group_rates(optimizer, cfg, 1e-3, iteration=10)  # stage 1 joins in
+    assert {round(g["lr"], 8) for g in optimizer.param_groups} == {1e-3, 2.5e-4}
+
+
+@pytest.mark.parametrize("mode", ["autocast", "onednn"])
+def test_cpu_bf16_step_matches_fp32_closely_and_restores_settings(mode: str) -> None:
+    from training.losses import CascadeLoss
+    from training.train import CascadeForward, train_step
+
+    before = torch.backends.mkldnn.conv.fp32_precision
+    results = {}
+    for m in ("off", mode):
+        torch.manual_seed(0)
+        model = build_model("tiny", 3)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        g = torch.Generator().manual_seed(2)
+        sharp = torch.rand(2, 3, 3, 32, 32, generator=g)
+        blur = (sharp + 0.05 * torch.randn(sharp.shape, generator=g)).clamp(0, 1)
+        results[m] = [train_step(CascadeForward(model), CascadeLoss(), opt, blur, sharp, amp=False, cpu_mode=m)["total"]
+                      for _ in range(3)]
+    assert torch.backends.mkldnn.conv.fp32_precision == before
+    assert results[mode] == pytest.approx(results["off"], rel=0.05)
+    if mode == "autocast":  # bf16 really ran: results differ from fp32 in the last digits
+        assert results[mode] != results["off"]
+
+
+def test_recipe_keys_are_checked(tmp_path: Path, dataset: Path) -> None:
+    for bad, words in (({"cpu_bf16": "fp8"}, "cpu_bf16"), ({"ema": 1.5}, "ema"),
+                       ({"loss": {"pixel": "l2"}}, "loss.pixel"),
+                       ({"data": {"root": str(dataset), "crop_steps": [[10, 100]]}}, "crop_steps")):
+        path = write_config(tmp_path / "bad.yaml", dataset, tmp_path / "bad", **bad)
+        with pytest.raises(ConfigError, match=words):
+            load_config(path)

@@ -38,6 +38,9 @@ class DataConfig:
     workers: int = 0
     val_windows: int = 8  # validation windows (evenly spread over the val videos); 0: every window
     val_crop: int = 0  # centre crop of validation frames (0: whole frames)
+    # Crops that grow late in a run: [[iteration, crop], ...], each from that iteration on (batch unchanged).
+    # At a 96 crop the coarsest pyramid level is 12x12; larger crops give the offsets room late in a run.
+    crop_steps: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass
@@ -47,6 +50,13 @@ class OptimizerConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # max gradient norm (0: off)
+    # Learning-rate multiplier of the convolutions that predict deformable offsets and masks (every parameter
+    # whose name contains "offset"); DCNv2's and EDVR's authors train them slower for stability.
+    offset_lr_mult: float = 1.0
+    # Multiplier of stage 1's rate in a frames=5 run until iteration stage1_lr_until (0: frozen), then 1:
+    # stage 2 learns on a fixed stage 1 first, then the cascade trains jointly.
+    stage1_lr_mult: float = 1.0
+    stage1_lr_until: int = 0
 
 
 @dataclass
@@ -64,6 +74,7 @@ class LossConfig:
     rec: float = 1.0
     grad: float = 1.0
     align: float = 1.0  # lambda of Eq. 10
+    pixel: str = "l1"  # l1 | charbonnier (sqrt(d^2 + eps^2), eps 1e-3: EDVR, BasicVSR)
 
 
 @dataclass
@@ -79,7 +90,11 @@ class TrainConfig:
     keep_at: tuple[int, ...] = ()  # also keep the checkpoint of these iterations, as it<N>.ckpt
     log_every: int = 10
     threads: int = 0  # torch CPU threads (0: torch's default)
-    amp: bool = True  # mixed precision on CUDA (bfloat16); ignored on CPU
+    amp: bool = True  # mixed precision on CUDA (bfloat16)
+    # bfloat16 on the CPU: "off"; "autocast" (torch.autocast: convs in bf16, grid_sample and the loss in
+    # fp32); "onednn" (tensors stay fp32, oneDNN computes convolutions in bf16). Needs AVX-512 BF16 or AMX.
+    cpu_bf16: str = "off"
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); validated and shipped
     weights_out: str = ""  # also copy the final weights here (e.g. worker/weights/x.safetensors)
     training_data: str = ""  # description recorded in the weights' metadata
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -128,6 +143,13 @@ def _build(cls: type, raw: Any, where: str) -> Any:
             ):
                 raise ConfigError(f"{where}.keep_at must be a list of positive iterations, got {value!r}")
             value = tuple(value)
+        elif name == "crop_steps":
+            if not isinstance(value, list | tuple) or not all(
+                isinstance(v, list | tuple) and len(v) == 2 and all(isinstance(n, int) and n > 0 for n in v)
+                for v in value
+            ):
+                raise ConfigError(f"{where}.crop_steps must be a list of [iteration, crop] pairs, got {value!r}")
+            value = tuple(tuple(v) for v in value)
         elif isinstance(default, tuple):
             value = tuple(float(v) for v in value)
         elif isinstance(default, str) and not isinstance(value, str):
@@ -149,7 +171,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
         node = raw
         *parents, leaf = key.split(".")
         for p in parents:
-            node = node.setdefault(p, {})
+            if node.get(p) is None:  # absent, or a section left empty in the YAML
+                node[p] = {}
+            node = node[p]
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key}: {p} is a value, not a section of the config")
         node[leaf] = value
     cfg = _build(TrainConfig, raw, path.name)
     check(cfg, path.name)
@@ -172,5 +198,16 @@ def check(cfg: TrainConfig, where: str) -> None:
         raise ConfigError(f"{where}: optimizer.name must be adam or adamw, got {cfg.optimizer.name!r}")
     if cfg.schedule.name not in ("step", "cosine", "constant"):
         raise ConfigError(f"{where}: schedule.name must be step, cosine or constant, got {cfg.schedule.name!r}")
+    for at, crop in cfg.data.crop_steps:
+        if crop % 8:
+            raise ConfigError(f"{where}: data.crop_steps: crop {crop} at iteration {at} must be a multiple of 8")
+    if cfg.cpu_bf16 not in ("off", "autocast", "onednn"):
+        raise ConfigError(f"{where}: cpu_bf16 must be off, autocast or onednn, got {cfg.cpu_bf16!r}")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise ConfigError(f"{where}: ema must be a decay in [0, 1), e.g. 0.999, got {cfg.ema}")
+    if cfg.loss.pixel not in ("l1", "charbonnier"):
+        raise ConfigError(f"{where}: loss.pixel must be l1 or charbonnier, got {cfg.loss.pixel!r}")
+    if cfg.optimizer.offset_lr_mult < 0 or cfg.optimizer.stage1_lr_mult < 0:
+        raise ConfigError(f"{where}: optimizer.offset_lr_mult and stage1_lr_mult must be at least 0")
     if cfg.schedule.unit not in ("epoch", "iteration"):
         raise ConfigError(f"{where}: schedule.unit must be epoch or iteration, got {cfg.schedule.unit!r}")

@@ -1,7 +1,7 @@
 """The cascaded objective of ERDN (paper Eq. 8-13).
 
 For each stage: L_stage = L_rec + L_grad + lambda * L_align, where
-- L_rec is L1 between the restored frame and the sharp centre frame,
+- L_rec is L1 (or, by choice, Charbonnier) between the restored frame and the sharp centre frame,
 - L_grad is L1 between the stage's recovered gradient map and the gradient map (Eq. 6)
   of the sharp centre frame,
 - L_align is L1 between each of the alignment module's three restored frames and the sharp
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -29,6 +30,12 @@ class LossWeights:
     rec: float = 1.0
     grad: float = 1.0
     align: float = 1.0  # lambda of Eq. 10
+    pixel: str = "l1"  # the distance of every term: "l1" or "charbonnier"
+
+
+def charbonnier(x: Tensor, y: Tensor, eps: float = 1e-3) -> Tensor:
+    """Mean of sqrt((x - y)^2 + eps^2): L1 with a smooth minimum (EDVR, BasicVSR; eps as in BasicSR)."""
+    return torch.sqrt((x - y).square() + eps * eps).mean()
 
 
 class CascadeLoss(nn.Module):
@@ -38,14 +45,17 @@ class CascadeLoss(nn.Module):
         super().__init__()
         self.weights = weights or LossWeights()
         self.gradient_map = GradientMap(3)
+        if self.weights.pixel not in ("l1", "charbonnier"):
+            raise ValueError(f"loss pixel must be l1 or charbonnier, got {self.weights.pixel!r}")
+        self.distance = F.l1_loss if self.weights.pixel == "l1" else charbonnier
 
     def stage_loss(self, stage: StageOutput, sharp_triplet: Tensor) -> dict[str, Tensor]:
         """Terms of one stage; ``sharp_triplet`` (B, 3, 3, H, W) is the sharp (prev, centre, next)."""
         centre = sharp_triplet[:, 1]
         return {
-            "rec": F.l1_loss(stage.out, centre),
-            "grad": F.l1_loss(stage.grad, self.gradient_map(centre)),
-            "align": F.l1_loss(stage.aligned, centre.unsqueeze(1).expand_as(stage.aligned)),
+            "rec": self.distance(stage.out, centre),
+            "grad": self.distance(stage.grad, self.gradient_map(centre)),
+            "align": self.distance(stage.aligned, centre.unsqueeze(1).expand_as(stage.aligned)),
         }
 
     def forward(self, output: CascadeOutput, sharp: Tensor) -> tuple[Tensor, dict[str, float]]:

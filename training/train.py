@@ -13,6 +13,7 @@ A run lives in ``run_dir``: ``last.ckpt`` (resumed automatically), ``best.safete
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import math
 import os
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from training.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from training.config import ConfigError, TrainConfig, load_config
@@ -37,7 +39,10 @@ from training.metrics import psnr, ssim
 from worker.model import ERDN, build_model, save_model
 from worker.model.weights import WeightsError
 
-CSV_FIELDS = ["iteration", "epoch", "lr", "total", "rec", "grad", "align", "val_psnr", "val_ssim", "seconds"]
+CSV_FIELDS = [
+    "iteration", "epoch", "lr", "crop", "total", "rec", "grad", "align", "val_psnr", "val_ssim", "val_psnr_raw",
+    "seconds", "train_seconds",
+]
 
 
 class CascadeForward(nn.Module):
@@ -63,6 +68,79 @@ def learning_rate(cfg: TrainConfig, iteration: int, iters_per_epoch: int) -> flo
         return base * s.gamma ** (unit // s.every)
     progress = min(1.0, (iteration - s.warmup) / max(1, cfg.iterations - s.warmup))
     return s.min_lr + 0.5 * (base - s.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def crop_at(cfg: TrainConfig, iteration: int) -> int:
+    """The training crop at ``iteration``: data.crop, then each data.crop_steps entry from its iteration on."""
+    crop = cfg.data.crop
+    for at, size in sorted(cfg.data.crop_steps):
+        if iteration >= at:
+            crop = size
+    return crop
+
+
+def param_groups(model: ERDN, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Parameters grouped by learning-rate multiplier ("lr_mult"): offset predictors (optimizer.offset_lr_mult),
+    stage 1 of a frames=5 model (optimizer.stage1_lr_mult until stage1_lr_until), the rest at 1."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        key = ("offset" in name, model.frames == 5 and name.startswith("stage1."))
+        groups.setdefault(key, []).append(p)
+    return [{"params": ps, "offset": off, "stage1": s1} for (off, s1), ps in sorted(groups.items())]
+
+
+def set_group_rates(optimizer: torch.optim.Optimizer, cfg: TrainConfig, lr: float, iteration: int) -> None:
+    o = cfg.optimizer
+    stage1 = o.stage1_lr_mult if iteration < o.stage1_lr_until else 1.0
+    for g in optimizer.param_groups:
+        g["lr"] = lr * (o.offset_lr_mult if g["offset"] else 1.0) * (stage1 if g["stage1"] else 1.0)
+
+
+@contextlib.contextmanager
+def cpu_bf16(mode: str, device: torch.device):
+    """Forward and backward with bfloat16 on the CPU: ``autocast`` (torch.autocast: convolutions and matmuls
+    in bf16, grid_sample and losses in fp32 by autocast's CPU policy) or ``onednn`` (tensors stay fp32, oneDNN
+    computes convolutions in bf16 inside). ``off`` or a GPU: nothing changes here (CUDA uses ``amp``)."""
+    if device.type != "cpu" or mode == "off":
+        yield False
+        return
+    if mode == "autocast":
+        yield True
+        return
+    conv = torch.backends.mkldnn.conv
+    before = conv.fp32_precision
+    conv.fp32_precision = "bf16"
+    try:
+        yield False
+    finally:
+        conv.fp32_precision = before
+
+
+def train_step(
+    net: nn.Module,
+    criterion: CascadeLoss,
+    optimizer: torch.optim.Optimizer,
+    blur: torch.Tensor,
+    sharp: torch.Tensor,
+    *,
+    amp: bool,
+    cpu_mode: str = "off",
+    grad_clip: float = 0.0,
+) -> dict[str, float]:
+    """One optimisation step on a batch (B, T, 3, H, W); returns the loss terms. ``amp``: bf16 autocast on
+    CUDA; ``cpu_mode``: see ``cpu_bf16``. The loss is always computed in fp32."""
+    device = blur.device
+    with cpu_bf16(cpu_mode, device) as cpu_autocast:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp or cpu_autocast):
+            output = net(blur)
+        output = type(output)(output.out.float(), [type(s)(*(t.float() for t in s)) for s in output.stages])
+        loss, terms = criterion(output, sharp)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
+    optimizer.step()
+    return terms
 
 
 # ----------------------------------------------------------------------------- validation
@@ -222,9 +300,13 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[local_rank] if device.type == "cuda" else None)
     opt_cls = torch.optim.AdamW if cfg.optimizer.name == "adamw" else torch.optim.Adam
     optimizer = opt_cls(
-        model.parameters(), lr=cfg.optimizer.lr, betas=cfg.optimizer.betas, weight_decay=cfg.optimizer.weight_decay
+        param_groups(model, cfg), lr=cfg.optimizer.lr, betas=cfg.optimizer.betas,
+        weight_decay=cfg.optimizer.weight_decay,
     )
-    criterion = CascadeLoss(LossWeights(cfg.loss.rec, cfg.loss.grad, cfg.loss.align)).to(device)
+    criterion = CascadeLoss(LossWeights(cfg.loss.rec, cfg.loss.grad, cfg.loss.align, cfg.loss.pixel)).to(device)
+    # The weights validated and shipped: an exponential moving average when cfg.ema > 0, else the model.
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
+    shipped = ema.module if ema is not None else model
 
     videos = find_videos(cfg.data.root, cfg.data.train_split, cfg.data.layout)
     dataset = TrainWindows(videos, cfg.model.frames, cfg.data.crop, cfg.data.flip, cfg.data.rotate, cfg.seed)
@@ -236,6 +318,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
         )
 
     start, best = 0, {"psnr": -math.inf, "iteration": -1}
+    train_seconds = 0.0  # compute spent on training steps over every resumed part of the run
     ckpt_path = run_dir / "last.ckpt"
     if resume and ckpt_path.is_file():
         state = load_checkpoint(ckpt_path)
@@ -243,6 +326,12 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
             raise CheckpointError(f"{ckpt_path} is a {state['preset']}/{state['frames']}-frame run; the config differs")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            if "ema" in state:
+                ema.load_state_dict(state["ema"])
+            else:  # a run that gains an EMA when resumed: the average starts from the current weights
+                ema.module.load_state_dict(model.state_dict())
+        train_seconds = float(state.get("train_seconds", 0.0))
         set_rng_state(state["rng"])
         start = int(state["iteration"])
         best = {"psnr": float(state["best_psnr"]), "iteration": int(state["best_iteration"])}
@@ -250,6 +339,8 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
             print(f"erdn train: resumed {ckpt_path} at iteration {start}", file=sys.stderr)
     elif cfg.model.init_from:
         init_from(model, cfg.model.init_from)
+        if ema is not None:
+            ema.module.load_state_dict(model.state_dict())
         if main_process:
             print(f"erdn train: started from the weights of {cfg.model.init_from}", file=sys.stderr)
 
@@ -264,7 +355,9 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
                 "best_iteration": best["iteration"],
                 "preset": cfg.model.preset,
                 "frames": cfg.model.frames,
-            },
+                "train_seconds": train_seconds,
+            }
+            | ({"ema": ema.state_dict()} if ema is not None else {}),
             ckpt_path,
         )
 
@@ -289,8 +382,11 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
         if main_process:
             if not val_windows:  # data.val_split: "" turns validation off
                 return
-            last_val = validate(model, val_windows, device)
-            log.write({"iteration": iteration, "val_psnr": last_val["psnr"], "val_ssim": last_val["ssim"]})
+            last_val = validate(shipped, val_windows, device)
+            row = {"iteration": iteration, "val_psnr": last_val["psnr"], "val_ssim": last_val["ssim"]}
+            if ema is not None:  # how much the average adds over the raw weights
+                row["val_psnr_raw"] = validate(model, val_windows, device)["psnr"]
+            log.write(row)
             print(
                 f"erdn train: iteration {iteration}: val PSNR {last_val['psnr']:.2f} dB SSIM {last_val['ssim']:.4f} "
                 f"(blurry {last_val['blurry_psnr']:.2f} dB / {last_val['blurry_ssim']:.4f})",
@@ -298,7 +394,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
             )
             if last_val["psnr"] > best["psnr"]:
                 best.update(psnr=last_val["psnr"], iteration=iteration)
-                save_model(model, run_dir / "best.safetensors", **metadata, iterations=iteration, **val_metadata())
+                save_model(shipped, run_dir / "best.safetensors", **metadata, iterations=iteration, **val_metadata())
         if world > 1:
             dist.barrier()
 
@@ -313,6 +409,8 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     iteration = start
     while iteration < cfg.iterations:
         epoch, within = divmod(iteration, iters_per_epoch)
+        if crop_at(cfg, iteration) != dataset.crop:
+            dataset.crop, batches = crop_at(cfg, iteration), None
         if batches is None:
             sampler.set_epoch(epoch)
             dataset.set_epoch(epoch)
@@ -327,18 +425,16 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
             batches = None
             continue
         lr = learning_rate(cfg, iteration, iters_per_epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_group_rates(optimizer, cfg, lr, iteration)
         blur, sharp = blur.to(device, non_blocking=True), sharp.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            output = net(blur)
-        output = type(output)(output.out.float(), [type(s)(*(t.float() for t in s)) for s in output.stages])
-        loss, terms = criterion(output, sharp)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optimizer.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.optimizer.grad_clip)
-        optimizer.step()
+        step_start = time.time()
+        terms = train_step(
+            net, criterion, optimizer, blur, sharp, amp=use_amp, cpu_mode=cfg.cpu_bf16,
+            grad_clip=cfg.optimizer.grad_clip,
+        )
+        if ema is not None:
+            ema.update_parameters(model)
+        train_seconds += time.time() - step_start
         iteration += 1
         if within + 1 == iters_per_epoch:
             batches = None
@@ -350,7 +446,8 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
             bar.set_postfix(loss=f"{terms['total']:.4f}", lr=f"{lr:.2e}")
             if iteration % cfg.log_every == 0 or iteration == cfg.iterations:
                 log.write(
-                    {"iteration": iteration, "epoch": epoch, "lr": lr, "seconds": round(time.time() - t0, 2)}
+                    {"iteration": iteration, "epoch": epoch, "lr": lr, "crop": dataset.crop,
+                     "seconds": round(time.time() - t0, 2), "train_seconds": round(train_seconds, 2)}
                     | {k: v / count for k, v in sums.items()}
                 )
                 sums, count = {}, 0
@@ -369,7 +466,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     if main_process:
         bar.close()
         final = save_model(
-            model,
+            shipped,
             run_dir / "final.safetensors",
             **metadata,
             iterations=iteration,
@@ -404,7 +501,8 @@ def main(argv: list[str]) -> int:
         prog="erdn train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("config", help="YAML config (see training/configs/)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config keys, dotted within a section: --set batch=16 data.crop=192 (repeatable)")
     p.add_argument("--restart", action="store_true", help="ignore run_dir/last.ckpt and start from scratch")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     a = p.parse_args(argv)

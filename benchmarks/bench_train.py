@@ -1,0 +1,147 @@
+"""Training iterations per core-hour on this CPU, side by side: fp32 against bf16 and torch.compile.
+
+Every variant runs the real training step (``training.train.train_step``: the cascade, the cascaded loss,
+Adam) in its own fresh process on the same fixed batch, one after another and interleaved over
+``--repeats`` rounds, so drift of a shared machine hits every variant alike. Printed: seconds per iteration
+(median over rounds), iterations per core-hour, and the ratio to today's fp32 path.
+
+    python benchmarks/bench_train.py                     # lite, frames 5 and 3, every variant
+    python benchmarks/bench_train.py --frames 3 --variants fp32,autocast --iters 10
+
+Variants:
+- ``fp32``: the fp32 path, one thread (what training ran before).
+- ``autocast``: ``torch.autocast("cpu", torch.bfloat16)`` around the forward.
+- ``onednn``: ``torch.backends.mkldnn.conv.fp32_precision = "bf16"`` (tensors fp32, convolutions in bf16).
+- ``compile``: ``torch.compile`` of the forward (compile time reported apart, not in s/it).
+- ``fp32-2t``: one run on two threads (throughput per core = half its iterations/hour).
+- ``fp32-pair`` / ``autocast-pair``: two single-thread runs at once, one per core (per-core throughput is one
+  run's iterations/hour).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("fp32", "autocast", "onednn", "compile", "fp32-2t", "fp32-pair", "autocast-pair")
+
+
+def child(preset: str, frames: int, variant: str, batch: int, crop: int, warmup: int, iters: int) -> dict:
+    """Time ``iters`` training steps after ``warmup`` in this process; returns seconds per iteration."""
+    import torch
+
+    from training.losses import CascadeLoss
+    from training.train import CascadeForward, train_step
+    from worker.model import build_model
+
+    threads = 2 if variant.endswith("-2t") else 1
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build_model(preset, frames)
+    model.train()
+    net = CascadeForward(model)
+    compile_seconds = 0.0
+    if variant == "compile":
+        net = torch.compile(net)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    criterion = CascadeLoss()
+    g = torch.Generator().manual_seed(1)
+    sharp = torch.rand(batch, frames, 3, crop, crop, generator=g)
+    blur = (sharp + 0.05 * torch.randn(sharp.shape, generator=g)).clamp(0, 1)
+    mode = variant.removesuffix("-pair").removesuffix("-2t")
+    cpu_mode = mode if mode in ("autocast", "onednn") else "off"
+    losses = []
+    for i in range(warmup + iters):
+        if i == warmup:
+            start = time.perf_counter()
+        t = time.perf_counter()
+        terms = train_step(net, criterion, optimizer, blur, sharp, amp=False, cpu_mode=cpu_mode, grad_clip=1.0)
+        if variant == "compile" and i == 0:
+            compile_seconds = time.perf_counter() - t
+        losses.append(terms["total"])
+    seconds = (time.perf_counter() - start) / iters
+    return {"s_per_it": seconds, "threads": threads, "compile_seconds": compile_seconds, "losses": losses}
+
+
+def run_child(args: argparse.Namespace, frames: int, variant: str) -> subprocess.Popen:
+    cmd = [sys.executable, __file__, "--child", variant, "--preset", args.preset, "--frames", str(frames),
+           "--batch", str(args.batch), "--crop", str(args.crop), "--warmup", str(args.warmup),
+           "--iters", str(args.iters)]
+    env = {"OMP_NUM_THREADS": "2" if variant.endswith("-2t") else "1"}
+    import os
+
+    return subprocess.Popen(cmd, cwd=ROOT, env=os.environ | env, stdout=subprocess.PIPE, text=True)
+
+
+def measure(args: argparse.Namespace, frames: int, variant: str) -> list[dict]:
+    """One measurement: one child, or two at once for ``*-pair`` (one result per child)."""
+    procs = [run_child(args, frames, variant) for _ in range(2 if variant.endswith("-pair") else 1)]
+    out = []
+    for p in procs:
+        stdout, _ = p.communicate()
+        if p.returncode != 0:
+            out.append({"error": f"exit {p.returncode}"})
+        else:
+            out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="lite")
+    p.add_argument("--frames", default="5,3", help="comma-separated (default 5,3)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated from {','.join(VARIANTS)}")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--crop", type=int, default=96)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the median is reported")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.preset, int(args.frames), args.child, args.batch, args.crop, args.warmup,
+                               args.iters)))
+        return 0
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variants {unknown}; choose from {','.join(VARIANTS)}")
+    results: dict[str, dict[str, list[dict]]] = {}
+    for frames in (int(f) for f in args.frames.split(",")):
+        per = results.setdefault(str(frames), {v: [] for v in variants})
+        for r in range(args.repeats):
+            for v in variants:
+                per[v].extend(measure(args, frames, v))
+                print(f"frames {frames} round {r + 1}: {v} done", file=sys.stderr)
+    print(f"{args.preset}, batch {args.batch}, crop {args.crop}, {args.iters} timed iterations after "
+          f"{args.warmup}, median of {args.repeats} interleaved rounds")
+    summary = {}
+    for frames, per in results.items():
+        base = statistics.median(m["s_per_it"] for m in per.get("fp32", []) if "s_per_it" in m) \
+            if "fp32" in per else None
+        print(f"\nframes {frames}\n{'variant':<15}{'s/it':>8}{'it/core-hour':>14}{'vs fp32':>9}  loss (last it)")
+        for v, ms in per.items():
+            ok = [m for m in ms if "s_per_it" in m]
+            if not ok:
+                print(f"{v:<15} failed: {ms[0].get('error')}")
+                continue
+            s = statistics.median(m["s_per_it"] for m in ok)
+            per_core_hour = 3600 / (s * ok[0]["threads"])
+            ratio = base / (s * ok[0]["threads"]) if base else float("nan")
+            extra = f"  compile {statistics.median(m['compile_seconds'] for m in ok):.0f} s" if v == "compile" else ""
+            print(f"{v:<15}{s:>8.3f}{per_core_hour:>14.0f}{ratio:>8.2f}x  {ok[0]['losses'][-1]:.5f}{extra}")
+            summary[f"{frames}/{v}"] = {"s_per_it": s, "it_per_core_hour": per_core_hour, "vs_fp32": ratio}
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
