@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import source
 from .manifest import load_manifest
 
 PROG = "erdn deblur"
@@ -57,12 +58,15 @@ def build_script(
     precision: str = "auto",
     endpoint: str | list[str] | None = None,
     frame_range: FrameRange | None = None,
+    timecodes: str | Path | None = None,
     scene_cuts: list[int] | None = None,
     autostart: bool = True,
 ) -> str:
     """The .vpy text that ``erdn deblur`` renders; users can take it into their own scripts.
 
     ``endpoint``: one worker, or a list of several (deblur spreads the frames over them).
+    ``timecodes``: a variable-frame-rate source's timestamps (``source.probe`` writes them); every
+    frame keeps its own (``source.keep_timestamps``), so the output must be piped as Matroska.
     ``scene_cuts``: source frames that start a new scene; they get ``_SceneChangePrev=1``, so
     no temporal window mixes two scenes (bs.VideoSource sets no scene-change flags itself).
     """
@@ -106,6 +110,9 @@ def build_script(
         ]
     if isinstance(endpoint, list):  # several workers: deblur runs `batch` (2) callbacks per worker at once
         lines.insert(4, f"core.num_threads = max(core.num_threads, {2 * len(endpoint)})")
+    if timecodes is not None:
+        lines[lines.index("import erdn_vs")] = "import erdn_vs.source"  # binds erdn_vs too
+        lines.append(f"clip = erdn_vs.source.keep_timestamps(clip, {str(timecodes)!r})  # variable frame rate")
     if frame_range is not None:
         end = "" if frame_range.end is None else str(frame_range.end)
         lines.append(f"clip = clip[{frame_range.start}:{end}]  # after deblur: neighbours across the cut are read")
@@ -145,12 +152,13 @@ def requests_args(args: argparse.Namespace) -> list[str]:
     return ["--requests", str(len(endpoints) * int(stripe))]
 
 
-def script_for(args: argparse.Namespace) -> str:
+def script_for(args: argparse.Namespace, timecodes: Path | None = None) -> str:
     """The .vpy for parsed ``erdn deblur`` arguments (what --script prints and render() runs)."""
     endpoint = None if args.endpoint is None else [e for group in args.endpoint for e in group]
     cuts = read_scene_cuts(args.scene_cuts) if args.scene_cuts else None
     return build_script(args.input, model=args.model, weights=args.weights, window=args.window, device=args.device,
-                        precision=args.precision, endpoint=endpoint, frame_range=args.frames, scene_cuts=cuts)
+                        precision=args.precision, endpoint=endpoint, frame_range=args.frames, scene_cuts=cuts,
+                        timecodes=timecodes)
 
 
 def ffmpeg_exe() -> str:
@@ -313,36 +321,41 @@ def pipe_into_ffmpeg(vpy: Path, vs_format: list[str], ffmpeg_cmd: list[str], *, 
         raise
     reader.join(timeout=5)
     if vs_rc != 0:
-        detail = b"\n".join(vs_log).decode(errors="replace").strip()
-        raise RenderError(f"rendering {source} failed (vspipe exit {vs_rc}):\n{detail}")
+        detail = vspipe_error(b"\n".join(vs_log).decode(errors="replace"))
+        raise RenderError(f"rendering {source} failed (vspipe exit {vs_rc}): {detail}")
     if enc.returncode != 0:
-        raise RenderError(
-            f"encoding to {output} failed (ffmpeg exit {enc.returncode}):\n{enc_err.decode(errors='replace').strip()}"
-        )
+        lines = [line.strip() for line in enc_err.decode(errors="replace").splitlines() if line.strip()]
+        raise RenderError(f"encoding to {output} failed (ffmpeg exit {enc.returncode}): "
+                          + ("; ".join(lines[-3:]) or "no message"))  # its first lines say why, the last what
 
 
 def render(args: argparse.Namespace) -> Path:
     input_path = Path(args.input)
     output = Path(args.output)
     check_paths(input_path, output)
-    script = script_for(args)
     partial = output.with_name(f".{output.stem}.partial{output.suffix}")
     with tempfile.TemporaryDirectory(prefix="erdn-deblur-") as tmp:
+        src = source.probe(input_path, Path(tmp))  # one line for no video stream, unreadable, interlaced
+        vfr = src.variable_rate
         vpy = Path(tmp) / "deblur.vpy"
-        vpy.write_text(script)
+        vpy.write_text(script_for(args, timecodes=src.timecodes if vfr else None))
         try:
             info = script_info(vpy)
         except RenderError as e:
             raise RenderError(f"rendering {input_path} failed: {e}") from None
         vs_format, video_in = video_input_args(info)
+        if vfr:  # vspipe's Matroska carries every frame's duration; y4m has one rate for all
+            vs_format, video_in = ["-c", "mkv"], ["-f", "matroska"]
         copy_audio = not args.no_audio
         ff = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *video_in, "-i", "pipe:0"]
         if copy_audio:
-            ff += audio_input_args(input_path, args.frames, info["fps"])
+            ff += audio_input_args(input_path, args.frames, info["fps"], times=src if vfr else None)
             ff += ["-map", "0:v:0", "-map", "1:a?", "-c:a", "copy"]
         else:
             ff += ["-map", "0:v:0"]
         ff += encoder_args(args.codec, args.crf, args.pix_fmt, args.lossless, args.preset)
+        if vfr:  # each frame's own timestamp, in the time base it came with (not rounded to a nominal rate)
+            ff += ["-fps_mode", "passthrough", "-enc_time_base:v", "demux"]
         ff += [str(partial)]  # no -shortest: a short audio track must never cost video frames
         try:
             pipe_into_ffmpeg(vpy, vs_format, ff, source=input_path, output=output, requests=requests_args(args),
@@ -357,14 +370,33 @@ def render(args: argparse.Namespace) -> Path:
     return output
 
 
-def audio_input_args(input_path: Path, frame_range: FrameRange | None, fps: float) -> list[str]:
-    """ffmpeg's second input (the source, for its audio), cut to the frame range if there is one."""
+def audio_input_args(input_path: Path, frame_range: FrameRange | None, fps: float,
+                     times: source.SourceInfo | None = None) -> list[str]:
+    """ffmpeg's second input (the source, for its audio), cut to the frame range if there is one.
+
+    ``times``: a variable-frame-rate source's timestamps, which place the cut instead of ``fps``.
+    """
     if frame_range is None:
         return ["-i", str(input_path)]
-    opts = ["-ss", f"{frame_range.start / fps:.6f}"]
+
+    def at(n: int) -> float:
+        return float(times.time_of(min(n, times.num_frames))) if times is not None else n / fps
+
+    opts = ["-ss", f"{at(frame_range.start):.6f}"]
     if frame_range.end is not None:
-        opts += ["-t", f"{(frame_range.end - frame_range.start) / fps:.6f}"]
+        opts += ["-t", f"{at(frame_range.end) - at(frame_range.start):.6f}"]
     return opts + ["-i", str(input_path)]
+
+
+def vspipe_error(text: str) -> str:
+    """The line of vspipe's stderr that says what went wrong (VapourSynth puts a Python traceback before it)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for prefix in ("vapoursynth.Error: ", "Python exception: "):
+        for line in reversed(lines):
+            if line.startswith(prefix):
+                return line[len(prefix):]
+    own = [line for line in lines if line.startswith("Error")]  # vspipe's own, e.g. "Error: Failed to ..."
+    return (own or lines or ["vspipe gave no message"])[-1]
 
 
 def script_info(vpy: Path) -> dict[str, str | float]:
@@ -372,7 +404,7 @@ def script_info(vpy: Path) -> dict[str, str | float]:
     r = subprocess.run([vspipe_exe(), "--info", str(vpy)], capture_output=True, text=True, timeout=600,
                        stdin=subprocess.DEVNULL)
     if r.returncode != 0:
-        raise RenderError(f"the script could not be evaluated:\n{(r.stderr or r.stdout).strip()}")
+        raise RenderError(f"the script could not be evaluated: {vspipe_error(r.stderr or r.stdout)}")
     info: dict[str, str | float] = {}
     for line in r.stdout.splitlines():
         key, _, value = line.partition(":")
@@ -410,7 +442,7 @@ def main(argv: list[str]) -> int:
             out = render_on_ray(args)
         else:
             out = render(args)
-    except RenderError as e:
+    except (RenderError, source.SourceError) as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 1
     print(f"{PROG}: wrote {out}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -105,13 +106,13 @@ def test_unwritable_output_is_a_clear_error(source_video, tmp_path):
     assert "does not exist" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_failed_render_leaves_no_output(tiny_weights, worker_endpoint, tmp_path):
-    not_video = tmp_path / "notes.mp4"
-    not_video.write_text("this is not a video\n")
+def test_failed_render_leaves_no_output(source_video, worker_endpoint, tmp_path):
+    damaged = tmp_path / "damaged.safetensors"  # passes the script; the worker refuses it at the first frame
+    damaged.write_bytes(b"not a weights file")
     out = tmp_path / "out.mkv"
-    r = run_deblur(str(not_video), "-o", str(out), "--weights", str(tiny_weights[5]), "--endpoint", worker_endpoint)
+    r = run_deblur(str(source_video), "-o", str(out), "--weights", str(damaged), "--endpoint", worker_endpoint)
     assert r.returncode == 1
-    assert "rendering" in r.stderr and "failed" in r.stderr
+    assert "rendering" in r.stderr and "failed" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
     assert not list(tmp_path.glob(".*partial*"))
 
@@ -120,3 +121,107 @@ def test_failed_render_leaves_no_output(tiny_weights, worker_endpoint, tmp_path)
 def test_bad_frame_range_is_refused(bad):
     with pytest.raises(SystemExit):
         render.parse_args(["in.mp4", "-o", "out.mkv", "--frames", bad])
+
+
+# ---------------------------------------------------------------- files as users have them
+
+VFR_TIMES_MS = [0, 40, 80, 120, 160, 200, 240, 340, 440, 540, 640, 740]  # 6 frames at 1/25 s, then 6 at 1/10 s
+
+
+def frame_times_ms(path: Path) -> list[int]:
+    """Each decoded video frame's presentation time in ms, as ffmpeg's showinfo filter prints it."""
+    r = subprocess.run([render.ffmpeg_exe(), "-hide_banner", "-i", str(path), "-map", "0:v:0", "-vf", "showinfo",
+                        "-f", "null", "-"], capture_output=True, text=True, check=True)
+    return [round(float(t) * 1000) for t in re.findall(r"pts_time:([\d.]+)", r.stderr)]
+
+
+def audio_seconds(path: Path) -> float:
+    """How long the audio stream runs, from decoding it (the last `time=` ffmpeg reports)."""
+    r = subprocess.run([render.ffmpeg_exe(), "-hide_banner", "-i", str(path), "-map", "0:a:0", "-f", "null", "-"],
+                       capture_output=True, text=True, check=True)
+    h, m, s = re.findall(r"time=(\d+):(\d+):([\d.]+)", r.stderr)[-1]
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+BEEP_AT = 0.44  # the test audio is silent until the source's frame 8 starts, then a 440 Hz tone
+
+
+def beep_ms(path: Path) -> int:
+    """When the beep starts on the file's timeline: the audio stream's start plus the first loud sample."""
+    r = subprocess.run([render.ffmpeg_exe(), "-hide_banner", "-i", str(path), "-map", "0:a:0", "-af", "ashowinfo",
+                        "-f", "s16le", "-ac", "1", "-ar", "44100", "pipe:1"], capture_output=True, check=True)
+    first = float(re.findall(rb"pts_time:(-?[\d.]+)", r.stderr)[0])
+    loud = np.flatnonzero(np.abs(np.frombuffer(r.stdout, np.int16)) > 3000)
+    return round((first + loud[0] / 44100) * 1000)
+
+
+@pytest.fixture(scope="module")
+def vfr_video(tmp_path_factory) -> Path:
+    """A real variable-frame-rate Matroska file: 12 frames (6 at 1/25 s, 6 at 1/10 s) and 0.75 s of audio."""
+    path = tmp_path_factory.mktemp("vfr") / "vfr.mkv"
+    pts = "if(lt(N,6),N*40,240+(N-6)*100)"  # in ms
+    ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={W}x{H}:rate=25", "-f", "lavfi", "-i",
+           f"aevalsrc='if(gte(t,{BEEP_AT}),0.5*sin(2*PI*440*t),0)':d=0.75:s=44100",
+           "-frames:v", "12", "-vf", f"settb=1/1000,setpts='{pts}'", "-fps_mode", "passthrough",
+           "-enc_time_base:v", "1/1000", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(path))
+    assert frame_times_ms(path) == VFR_TIMES_MS  # the input really is what the test is about
+    return path
+
+
+@pytest.mark.slow
+def test_variable_frame_rate_keeps_every_timestamp_and_the_audio(vfr_video, tiny_weights, worker_endpoint, tmp_path):
+    out = tmp_path / "restored.mkv"
+    r = run_deblur(str(vfr_video), "-o", str(out), "--weights", str(tiny_weights[5]), "--endpoint", worker_endpoint)
+    assert r.returncode == 0, r.stderr
+    assert frame_times_ms(out) == VFR_TIMES_MS
+    assert audio_seconds(out) == pytest.approx(audio_seconds(vfr_video), abs=0.03)  # all 0.75 s of it
+    assert abs(beep_ms(out) - beep_ms(vfr_video)) <= 5  # in sync: the beep still starts with frame 8
+
+
+@pytest.mark.slow
+def test_a_chunk_of_a_variable_frame_rate_file_keeps_its_timestamps(vfr_video, tiny_weights, worker_endpoint,
+                                                                     tmp_path):
+    out = tmp_path / "part.mkv"
+    r = run_deblur(str(vfr_video), "-o", str(out), "--frames", "4:9", "--weights", str(tiny_weights[5]),
+                   "--endpoint", worker_endpoint)
+    assert r.returncode == 0, r.stderr
+    times = frame_times_ms(out)
+    assert [t - times[0] for t in times] == [t - VFR_TIMES_MS[4] for t in VFR_TIMES_MS[4:9]]
+    # The audio is cut where the chunk starts in time (0.16 s), not at 4 frames of a nominal rate: the beep
+    # starts with the chunk's frame 4 (the source's frame 8). ffmpeg copies whole audio packets from before the
+    # cut and shifts the video to match, so the chunk's first frame need not be at 0.
+    assert abs(beep_ms(out) - times[4]) <= 30  # AAC packets are 23 ms
+
+
+def test_a_file_with_no_video_stream_is_one_line(tmp_path):
+    audio = tmp_path / "voice.m4a"
+    ffmpeg("-f", "lavfi", "-i", "sine=duration=0.5", "-c:a", "aac", str(audio))
+    out = tmp_path / "out.mkv"
+    r = run_deblur(str(audio), "-o", str(out))
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [f"erdn deblur: {audio} has no video stream (it holds 1 audio stream); "
+                                             "give a video file"]
+    assert not out.exists() and not list(tmp_path.glob(".*partial*"))
+
+
+def test_an_interlaced_file_is_one_line_saying_deinterlace(tmp_path):
+    interlaced = tmp_path / "tv.mkv"
+    ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={W}x{H}:rate=25", "-frames:v", "4", "-vf", "setfield=tff",
+           "-flags", "+ilme+ildct", "-field_order", "tt", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(interlaced))
+    out = tmp_path / "out.mkv"
+    r = run_deblur(str(interlaced), "-o", str(out))
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"erdn deblur: {interlaced} is interlaced (_FieldBased=2, top field first)")
+    assert "bwdif" in lines[0] and "SetFieldBased(clip, 0)" in lines[0]
+    assert not out.exists()
+
+
+def test_a_file_that_is_not_video_is_one_line(tmp_path):
+    not_video = tmp_path / "notes.mp4"
+    not_video.write_text("this is not a video\n")
+    r = run_deblur(str(not_video), "-o", str(tmp_path / "out.mkv"))
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"erdn deblur: cannot read {not_video} as video"), r.stderr
