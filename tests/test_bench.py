@@ -61,12 +61,18 @@ def test_ratio_status_and_table() -> None:
     (["--sizes", "640by360"], "a size looks like 640x360"),
     (["--only", "pipeline,speed"], "unknown ['speed']"),
     (["--preset", "huge"], "unknown ['huge']"),
+    (["--precision", "fp8"], "unknown ['fp8']"),
 ])
 def test_bad_arguments_are_one_clear_error(capsys, args, message) -> None:
     with pytest.raises(SystemExit) as e:
         bench_cli.main(args)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_half_precision_needs_cuda(capsys) -> None:
+    assert bench_cli.main(["--precision", "fp32,bf16"]) == 2
+    assert "--precision fp16 and bf16 need --device cuda" in capsys.readouterr().err
 
 
 def test_too_short_clip_is_refused(capsys) -> None:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 SECTIONS = ("throughput", "start", "pipeline", "cache", "vsmlrt")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 PROG = "erdn bench"
 
 
@@ -65,6 +66,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--vs-threads", type=int, default=0, help="VapourSynth core.num_threads (0: its default)")
     p.add_argument("--batch", type=int, default=2, help="erdn_vs.deblur batch: requests in flight (default 2)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--precision", type=_list(str, PRECISIONS), default=["auto"],
+                   help="precision(s) of the torch backend, comma-separated: auto (fp16 on CUDA, fp32 on the CPU), "
+                   "fp32, fp16, bf16 (autocast, as the worker runs them; fp16 and bf16 need --device cuda)")
     p.add_argument("--official", type=Path, default=None, metavar="PATH",
                    help="paper preset: a checkout of the official ERDN code (github.com/TencentCloud/ERDN, used "
                    "unchanged, on the CPU); the cache section then runs its forward side by side with our "
@@ -93,6 +97,9 @@ def main(argv: list[str]) -> int:
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(f"{PROG}: --device {args.device}: no CUDA GPU here; use --device cpu", file=sys.stderr)
+        return 2
+    if not args.device.startswith("cuda") and {"fp16", "bf16"} & set(args.precision):
+        print(f"{PROG}: --precision fp16 and bf16 need --device cuda; use fp32 on the CPU", file=sys.stderr)
         return 2
     sizes = args.sizes or [(640, 360), (1280, 720)] + ([(1920, 1080)] if args.device.startswith("cuda") else [])
     from erdn_vs.render import RenderError, vspipe_exe
@@ -123,7 +130,7 @@ def main(argv: list[str]) -> int:
     header = [f"erdn bench: presets {','.join(args.preset)}, sizes {','.join(f'{w}x{h}' for w, h in sizes)}, "
               f"{args.frames} frames (baselines {args.compare_frames}), threads {args.threads}, "
               f"worker backend {args.worker_backend}, VapourSynth threads {args.vs_threads or 'default'}, "
-              f"batch {args.batch}, device {args.device}, "
+              f"batch {args.batch}, device {args.device}, precision {','.join(args.precision)}, "
               f"{os.cpu_count()} CPUs, torch {torch.__version__}; random weights (seed {args.seed}): speed, "
               "not quality"]
     from .report import format_table
@@ -165,12 +172,12 @@ def run_all(args: argparse.Namespace, sizes: list[tuple[int, int]], root: Path, 
             t0 = time.perf_counter()
             export_weights(weights, onnx_dir)
             print(f"{PROG}: exported {preset} to ONNX in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        for w, h in sizes:
+        for (w, h), precision in [(size, p) for size in sizes for p in args.precision]:
             b = Bench(root=root, env=env, endpoint=f"ipc://{root}/run/bench.sock", vspipe=vspipe,
                       deblur_vpy=deblur_vpy, vsmlrt_vpy=vsmlrt_vpy, preset=preset, width=w, height=h,
                       length=args.frames, compare_frames=args.compare_frames, repeats=args.repeats,
                       threads=args.threads, backend=args.worker_backend, vs_threads=args.vs_threads, batch=args.batch,
-                      device=args.device, weights=weights, onnx_dir=onnx_dir,
+                      device=args.device, precision=precision, weights=weights, onnx_dir=onnx_dir,
                       pair_forward="cache" in args.only, pair_vsmlrt="vsmlrt" in args.only, official=official)
             try:
                 for key in SECTIONS:
@@ -181,7 +188,7 @@ def run_all(args: argparse.Namespace, sizes: list[tuple[int, int]], root: Path, 
                         section = S.throughput(b, args.backends)
                     else:
                         section = getattr(S, key)(b)
-                    print(f"{PROG}: {preset} {w}x{h} {key} done in {time.perf_counter() - t0:.1f} s",
+                    print(f"{PROG}: {preset} {w}x{h} {precision} {key} done in {time.perf_counter() - t0:.1f} s",
                           file=sys.stderr)
                     out.append(section)
             finally:

@@ -82,6 +82,7 @@ class Bench:
     device: str
     weights: Path
     onnx_dir: Path
+    precision: str = "auto"  # the torch backend's: auto, fp32, fp16, bf16 (sessions, the forward, throughput)
     # Baselines measured interleaved with our own runs, so that load from other processes hits both alike:
     pair_forward: bool = False  # the full-cascade forward between the worker's frames
     pair_vsmlrt: bool = False  # vs-mlrt's frames rendered half before, half after deblur's
@@ -102,7 +103,8 @@ class Bench:
     def script_args(self, *, autostart: bool, length: int | None = None) -> dict[str, object]:
         return {"width": self.width, "height": self.height, "length": length or self.length,
                 "weights": self.weights, "endpoint": self.endpoint, "autostart": int(autostart),
-                "batch": self.batch, "vs_threads": self.vs_threads, "onnx": self.onnx_dir / "window.onnx"}
+                "batch": self.batch, "vs_threads": self.vs_threads, "onnx": self.onnx_dir / "window.onnx",
+                "precision": self.precision}
 
     # ------------------------------------------------------------ the worker
 
@@ -145,7 +147,7 @@ class Bench:
         """Open and close a session, so the worker holds the model before a timed run."""
         with self.client() as c:
             c.open_session(frames=5, width=self.width, height=self.height, sample_type="float",
-                           weights=str(self.weights)).close()
+                           weights=str(self.weights), precision=self.precision).close()
 
     def fresh_worker(self) -> None:
         """A worker with the model loaded and an empty cache. The worker caches results by frame content across

@@ -57,15 +57,17 @@ def child_main(spec_json: str) -> int:
     h, w = (-(-spec["height"] // 8) * 8, -(-spec["width"] // 8) * 8)
     x = torch.rand(1, 3, 3, h, w, generator=torch.Generator().manual_seed(0))
     if spec["backend"] == "torch":
-        from worker.model import load_model
+        from worker.backends import TorchBackend, resolve_precision
+        from worker.registry import ResolvedWeights
 
-        model = load_model(spec["weights"], device).eval()
+        # the worker's own stage code: inference mode, autocast in fp16/bf16, float32 out
+        backend = TorchBackend(ResolvedWeights(Path(spec["weights"]), "", None, None), device,
+                               resolve_precision(spec["precision"], device))
         x = x.to(device)
-        stages = {1: model.run_stage1, 2: model.run_stage2}
+        stages = {1: backend.stage1, 2: backend.stage2}
 
         def run(stage: int) -> None:
-            with torch.inference_mode():
-                stages[stage](x)
+            stages[stage](x)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
     else:
@@ -100,10 +102,11 @@ def child_main(spec_json: str) -> int:
 
 
 def measure(*, weights: Path, onnx_dir: Path | None, backend: str, width: int, height: int, threads: int,
-            repeats: int, device: str, env: dict[str, str]) -> dict[str, float]:
+            repeats: int, device: str, env: dict[str, str], precision: str = "auto") -> dict[str, float]:
     """Median seconds of one stage-1 and one stage-2 evaluation, and the peak memory, from a child process."""
     spec = {"weights": str(weights), "onnx_dir": str(onnx_dir) if onnx_dir else None, "backend": backend,
-            "width": width, "height": height, "threads": threads, "repeats": repeats, "device": device}
+            "width": width, "height": height, "threads": threads, "repeats": repeats, "device": device,
+            "precision": precision}
     proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)], capture_output=True, env=env,
                           timeout=3600)
     if proc.returncode != 0:

@@ -61,7 +61,7 @@ def deblur_run(b: Bench) -> dict:
         mlrt = []
         if halves:
             mlrt.append(_vsmlrt_part(b, *halves[0]))
-        out = b.root / f"deblur-{b.preset}-{b.size}.raw"
+        out = b.root / f"deblur-{b.preset}-{b.size}-{b.precision}.raw"
         before = b.stats()
         run = run_vspipe(b.vspipe, b.deblur_vpy, b.script_args(autostart=False), out, b.env)
         d = _delta(before, b.stats())
@@ -102,7 +102,7 @@ def direct_run(b: Bench) -> dict:
             before = b.stats()
             t0 = time.perf_counter()
             session = client.open_session(frames=5, width=b.width, height=b.height, sample_type="float",
-                                          weights=str(b.weights))
+                                          weights=str(b.weights), precision=b.precision)
             seconds = time.perf_counter() - t0
             for n in range(b.length):
                 window = windows.temporal_window(n, b.length, 5, windows.no_cuts)
@@ -128,10 +128,11 @@ def direct_run(b: Bench) -> dict:
 
 
 def throughput(b: Bench, backends: list[str]) -> Section:
-    s = Section("throughput", f"1. model throughput: {b.preset} {b.size}, {b.threads} threads, {b.device}")
+    s = Section("throughput", f"1. model throughput: {b.preset} {b.size}, {b.threads} threads, {b.device} "
+                f"{b.precision}")
     for backend in backends:
         r = measure(weights=b.weights, onnx_dir=b.onnx_dir, backend=backend, width=b.width, height=b.height,
-                    threads=b.threads, repeats=b.repeats, device=b.device, env=b.env)
+                    threads=b.threads, repeats=b.repeats, device=b.device, precision=b.precision, env=b.env)
         per_frame = r["stage1_s"] + r["stage2_s"]
         s.row(f"{backend} ({b.device})", fps=1.0 / per_frame, stage1_s=r["stage1_s"], stage2_s=r["stage2_s"],
               peak_mib=r["peak_bytes"] / 2**20)
@@ -146,8 +147,9 @@ def throughput(b: Bench, backends: list[str]) -> Section:
 
 
 def pipeline(b: Bench) -> Section:
-    s = Section("pipeline", f"2. pipeline efficiency: {b.preset} {b.size}, {b.length} frames, worker {b.backend} "
-                f"threads {b.threads}, VapourSynth threads {b.vs_threads or 'default'}, batch {b.batch}")
+    s = Section("pipeline", f"2. pipeline efficiency: {b.preset} {b.size} {b.precision}, {b.length} frames, "
+                f"worker {b.backend} threads {b.threads}, VapourSynth threads {b.vs_threads or 'default'}, "
+                f"batch {b.batch}")
     vs_run, direct = deblur_run(b), direct_run(b)
     run, vd = vs_run["run"], vs_run["delta"]
     direct_fps = b.length / direct["seconds"]
@@ -196,13 +198,16 @@ def _forward_runner(b: Bench):
 def _torch_forward(b: Bench):
     import torch
 
+    from worker.backends import resolve_precision
     from worker.model import load_model
 
-    device = torch.device("cuda" if b.device.startswith("cuda") else "cpu")
+    device = torch.device(b.device if b.device.startswith("cuda") else "cpu")
     model = load_model(b.weights, device).eval()
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(resolve_precision(b.precision, device))
 
     def run(window: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
+        # autocast as the worker's torch backend runs a stage; .cpu() waits for the GPU
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             y = model(torch.from_numpy(window)[None].to(device))[0].float().cpu()
         return y.numpy()
 
@@ -225,8 +230,8 @@ def _onnx_window(b: Bench):
 
 
 def cache(b: Bench) -> Section:
-    s = Section("cache", f"3. stage-1 cache: {b.preset} {b.size}, {b.backend} backend, sequential render of "
-                f"{b.length} frames")
+    s = Section("cache", f"3. stage-1 cache: {b.preset} {b.size} {b.precision}, {b.backend} backend, sequential "
+                f"render of {b.length} frames")
     direct, forward = direct_run(b), forward_per_frame(b)
     fig = _worker_figures(direct["delta"])
     cached_s = direct["seconds"] / b.length

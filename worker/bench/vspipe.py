@@ -30,7 +30,7 @@ DEBLUR_SCRIPT = _HEADER + """\
 import erdn_vs  # noqa: E402
 
 out = erdn_vs.deblur(clip, weights=g["weights"], endpoint=g["endpoint"], frames=5, autostart=bool(int(g["autostart"])),
-                     batch=int(g["batch"]), timeout=600.0)
+                     batch=int(g["batch"]), precision=g.get("precision", "auto"), timeout=600.0)
 out.set_output()
 """
 
