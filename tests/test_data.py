@@ -97,7 +97,7 @@ def test_missing_or_mismatched_data_is_reported(tmp_path: Path) -> None:
         find_videos(tmp_path / "empty")
     root = make_layout(tmp_path / "g", "gopro")
     (root / "train" / "GOPR0372_07_00" / "sharp" / "00003.png").unlink()
-    with pytest.raises(DatasetError, match="4 blurry frames .* but 3 sharp"):
+    with pytest.raises(DatasetError, match=r"video GOPR0372_07_00: .* no partner: blurry 00003\.png"):
         find_videos(root, "train")
 
 
@@ -132,3 +132,81 @@ def test_crop_larger_than_frames_is_a_clear_error(tmp_path: Path) -> None:
     videos = find_videos(make_layout(tmp_path, "dvd"), "train")
     with pytest.raises(ValueError, match="smaller than the 64 crop"):
         TrainWindows(videos, frames=3, crop=64)[0]
+
+
+# ----------------------------------------------------------------------------- frames paired by name, sizes
+
+
+def test_frames_are_paired_by_name_not_position(tmp_path: Path) -> None:
+    """Blurry lacks 00003 and has an extra 00006: both folders still hold 6 files."""
+    blur, sharp = tmp_path / "d" / "train" / "v1" / "blur", tmp_path / "d" / "train" / "v1" / "sharp"
+    write_video(blur, sharp, 0, 6)
+    (blur / "00003.png").unlink()
+    write_rgb(blur / "00006.png", frame(0, 6, True))
+    with pytest.raises(DatasetError) as e:
+        find_videos(tmp_path / "d", "train")
+    message = str(e.value)
+    assert "\n" not in message
+    assert "video v1" in message and "blurry 00006.png" in message and "sharp 00003.png" in message
+
+
+def test_pairs_match_names_across_extensions_in_frame_number_order(tmp_path: Path) -> None:
+    """Unpadded frame numbers sort as numbers (1, 2, ..., 10), not as text (1, 10, 2)."""
+    base = tmp_path / "p" / "v"
+    for i in range(1, 12):
+        write_rgb(base / "input" / f"{i}.jpg", frame(0, i, True))
+        write_rgb(base / "gt" / f"{i}.png", frame(0, i, False))
+    (video,) = find_videos(tmp_path / "p", "train", "paired")
+    assert [p.stem for p in video.blur] == [str(i) for i in range(1, 12)]
+    assert [(p.name, q.name) for p, q in zip(video.blur, video.sharp, strict=True)][9] == ("10.jpg", "10.png")
+
+
+def test_two_frames_of_one_name_are_refused(tmp_path: Path) -> None:
+    root = make_layout(tmp_path, "paired")
+    write_rgb(root / "x" / "blurry" / "00002.jpg", frame(0, 2, True))
+    with pytest.raises(DatasetError, match=r"video x: .*00002\.jpg.*00002\.png|video x: .*00002\.png.*00002\.jpg"):
+        find_videos(root, "train", "paired")
+
+
+def test_sharp_frames_of_another_size_are_refused_naming_video_and_frame(tmp_path: Path) -> None:
+    """A super-resolution dataset dropped in by mistake: sharp frames at twice the blurry size."""
+    root = make_layout(tmp_path, "gopro")
+    sharp = root / "train" / "GOPR0372_07_01" / "sharp"
+    for i in range(4):
+        big = np.repeat(np.repeat(frame(1, i, False), 2, axis=0), 2, axis=1)
+        write_rgb(sharp / f"{i:05d}.png", big)
+    with pytest.raises(DatasetError) as e:
+        find_videos(root, "train")
+    message = str(e.value)
+    assert "\n" not in message
+    assert "video GOPR0372_07_01" in message and "00000.png" in message
+    assert f"{2 * W}x{2 * H}" in message and f"{W}x{H}" in message
+
+
+def test_a_frame_of_another_size_inside_a_video_is_refused(tmp_path: Path) -> None:
+    root = make_layout(tmp_path, "dvd")
+    write_rgb(root / "Train" / "blur" / "b" / "00002.png", np.zeros((H + 2, W, 3), np.uint8))
+    write_rgb(root / "Train" / "gt" / "b" / "00002.png", np.zeros((H + 2, W, 3), np.uint8))
+    with pytest.raises(DatasetError, match=rf"video b: .*00002\.png is {W}x{H + 2}.*00000\.png is {W}x{H}"):
+        find_videos(root, "train")
+
+
+def test_erdn_train_refuses_mismatched_sizes_before_any_training_step(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import yaml
+
+    from training.train import main as train_main
+
+    root = make_layout(tmp_path / "data", "gopro")
+    sharp = root / "train" / "GOPR0372_07_00" / "sharp"
+    for i in range(4):
+        write_rgb(sharp / f"{i:05d}.png", np.zeros((2 * H, 2 * W, 3), np.uint8))
+    run_dir = tmp_path / "run"
+    cfg = {"name": "mismatch", "run_dir": str(run_dir), "batch": 1, "iterations": 2, "threads": 1,
+           "model": {"preset": "tiny", "frames": 3}, "data": {"root": str(root), "crop": 16}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert train_main([str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("erdn train: video GOPR0372_07_00:") and "00000.png" in err[0]
+    assert not (run_dir / "last.ckpt").exists() and not (run_dir / "log.csv").exists()

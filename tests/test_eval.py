@@ -147,3 +147,13 @@ def test_centres_of_scores_a_3_frame_model_on_the_5_frame_models_frames(tmp_path
     # the same frames as the 5-frame model's: the same blurry baseline
     assert (as5["blurry_psnr"], as5["blurry_ssim"]) == pytest.approx((f5["blurry_psnr"], f5["blurry_ssim"]))
     assert own["blurry_psnr"] != pytest.approx(f5["blurry_psnr"])
+
+
+def test_eval_refuses_sharp_frames_of_another_size_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    make_dataset(tmp_path / "data")
+    for i in range(6):  # v2's sharp frames at twice the size: a super-resolution dataset dropped in by mistake
+        write_rgb(tmp_path / "data" / "test" / "v2" / "sharp" / f"{i:03d}.png", np.zeros((72, 84, 3), np.uint8))
+    weights = save_model(build_model("tiny", 3), tmp_path / "t3.safetensors")
+    assert main([str(weights), str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("erdn eval: video v2:") and "000.png" in err[0] and "84x72" in err[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +10,26 @@ import numpy as np
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
+def frame_order(path: Path) -> tuple:
+    """Sort key that reads the digits in a name as a number: ``2.png`` before ``10.png``."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.name))
+
+
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name (frame order)."""
+    """Image files directly inside ``folder``, in frame order (by name, digits compared as numbers)."""
     folder = Path(folder)
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=frame_order)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file, from its header (the pixels are not decoded).
+
+    Raises OSError for a file that is not a readable image.
+    """
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.size
 
 
 def read_rgb(path: str | Path) -> np.ndarray:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .images import list_images
+from .images import image_size, list_images
 
 LAYOUTS = ("dvd", "dvd-original", "gopro", "paired")
 
@@ -52,15 +52,65 @@ class VideoPair:
         return len(self.blur)
 
 
+def _names(paths: list[Path], limit: int = 5) -> str:
+    shown = ", ".join(p.name for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def frames_by_name(video: str, folder: Path) -> dict[str, Path]:
+    """The frames in ``folder`` keyed by file name without extension, in frame order."""
+    frames: dict[str, Path] = {}
+    for path in list_images(folder):
+        if path.stem in frames:
+            raise DatasetError(f"video {video}: {frames[path.stem].name} and {path.name} in {folder} are one frame "
+                               "name twice; keep one of them")
+        frames[path.stem] = path
+    return frames
+
+
 def make_pair(name: str, blur_dir: Path, sharp_dir: Path) -> VideoPair:
-    blur, sharp = list_images(blur_dir), list_images(sharp_dir)
+    """Blurry and sharp frames paired by file name (extension aside), checked for equal sizes.
+
+    Raises DatasetError naming the video and the frames: frames without a partner, or of another size.
+    """
+    blur, sharp = frames_by_name(name, blur_dir), frames_by_name(name, sharp_dir)
     if not blur:
         raise DatasetError(f"{blur_dir} holds no frames")
-    if len(blur) != len(sharp):
-        raise DatasetError(
-            f"video {name}: {len(blur)} blurry frames in {blur_dir} but {len(sharp)} sharp in {sharp_dir}"
-        )
-    return VideoPair(name, tuple(blur), tuple(sharp))
+    lone_blur = [p for stem, p in blur.items() if stem not in sharp]
+    lone_sharp = [p for stem, p in sharp.items() if stem not in blur]
+    if lone_blur or lone_sharp:
+        parts = [f"blurry {_names(lone_blur)} (none of that name in {sharp_dir})"] if lone_blur else []
+        parts += [f"sharp {_names(lone_sharp)} (none of that name in {blur_dir})"] if lone_sharp else []
+        raise DatasetError(f"video {name}: frames are paired by file name, and these have no partner: "
+                           f"{'; '.join(parts)}; add the missing frames or remove the extra ones")
+    video = VideoPair(name, tuple(blur.values()), tuple(sharp[stem] for stem in blur))
+    check_frame_sizes(video)
+    return video
+
+
+def check_frame_sizes(video: VideoPair) -> None:
+    """Every frame of ``video``, blurry and sharp, has the size of its first blurry frame.
+
+    Reads image headers only. Raises DatasetError naming the video and the first frame that differs.
+    """
+
+    def size(path: Path) -> tuple[int, int]:
+        try:
+            return image_size(path)
+        except OSError as e:
+            raise DatasetError(f"video {video.name}: {path} is not a readable image ({e})") from None
+
+    first = video.blur[0]
+    want = size(first)
+    for blur, sharp in zip(video.blur, video.sharp, strict=True):
+        if (got := size(blur)) != want:
+            raise DatasetError(f"video {video.name}: blurry frame {blur.name} is {got[0]}x{got[1]} but {first.name} "
+                               f"is {want[0]}x{want[1]}; every frame of a video must have one size")
+        if (got := size(sharp)) != want:
+            raise DatasetError(
+                f"video {video.name}: sharp frame {sharp.name} is {got[0]}x{got[1]} but blurry {blur.name} is "
+                f"{want[0]}x{want[1]}; blurry and sharp frames must have the same size (a super-resolution "
+                f"dataset pairs different sizes)")
 
 
 def subdirs(folder: Path) -> list[Path]:
@@ -95,17 +145,17 @@ def detect_layout(root: Path) -> str:
 
 
 def find_videos(root: str | Path, split: str = "train", layout: str = "auto") -> list[VideoPair]:
-    """The videos of ``split`` ("train", "test" or "all") of the dataset at ``root``."""
+    """The videos of ``split`` ("train", "val", "test" or "all") of the dataset at ``root``."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} does not exist")
-    if split not in ("train", "test", "all"):
-        raise DatasetError(f"split must be train, test or all, got {split!r}")
+    if split not in ("train", "val", "test", "all"):
+        raise DatasetError(f"split must be train, val, test or all, got {split!r}")
     if layout == "auto":
         layout = detect_layout(root)
     if layout not in LAYOUTS:
         raise DatasetError(f"unknown layout {layout!r}; choose auto or one of {', '.join(LAYOUTS)}")
-    splits = ("train", "test") if split == "all" else (split,)
+    splits = ("train", "val", "test") if split == "all" else (split,)
     videos: list[VideoPair] = []
     if layout == "dvd":
         for s in splits:
