@@ -289,11 +289,19 @@ class WorkerClient:
         finally:
             sock.close(linger=0)
 
-    def _unavailable(self, what: str) -> WorkerUnavailable:
-        return WorkerUnavailable(
-            f"erdn worker at {self.endpoint} {what}. Start it with `erdn worker --endpoint {self.endpoint}` "
-            f"(or let the client autostart it), and see its log {P.log_path()}"
-        )
+    def _unavailable(self, what: str, autostarted: bool | None = None) -> WorkerUnavailable:
+        """The error for an unreachable worker; it names the autostart log only for a worker autostarted here
+        (``autostarted``, default: this client started one), since a worker started by hand logs elsewhere."""
+        autostarted = self._started is not None if autostarted is None else autostarted
+        start = f"erdn worker --endpoint {self.endpoint}"
+        if autostarted:
+            advice = f"Its log is {P.log_path()}; or start it yourself with `{start}` and watch its output"
+        elif self.autostart:
+            advice = f"Start it with `{start}`, or check the one you started (`erdn worker status --endpoint " \
+                     f"{self.endpoint}`)"
+        else:
+            advice = f"Start it with `{start}` (or pass autostart=True to let the client start it)"
+        return WorkerUnavailable(f"erdn worker at {self.endpoint} {what}. {advice}")
 
     def _ensure_worker(self, known_dead: bool = False) -> None:
         if self._ready:
@@ -319,7 +327,8 @@ class WorkerClient:
                     break
                 except BlockingIOError:
                     if time.monotonic() > deadline:
-                        raise self._unavailable("is being started by another process that did not finish") from None
+                        raise self._unavailable("is being started by another process that did not finish",
+                                                autostarted=True) from None
                     time.sleep(0.05)
             try:
                 if self._alive():  # another process started it while we waited for the lock

@@ -24,6 +24,7 @@ from typing import Any
 import vapoursynth as vs
 
 from . import formats, spread, windows
+from . import protocol as P
 from .manifest import ManifestError, load_manifest
 
 PREFIX = "erdn_vs.deblur: "
@@ -67,7 +68,11 @@ def deblur(
         # endpoint may name several workers: each one is checked against the manifest's pattern.
         endpoints = spread.split_endpoints(endpoint)
         endpoint_param = manifest.params("deblur")["endpoint"]
-        endpoints = [None] if endpoints is None else [endpoint_param.check(e) for e in endpoints]
+        if endpoints is None:  # the default: resolved at the first frame, but a path that cannot work fails here
+            P.default_endpoint()
+            endpoints = [None]
+        else:
+            endpoints = [endpoint_param.check(e) for e in endpoints]
         formats.check_clip(clip)
         first = dict(clip.get_frame(0).props)  # the one frame read at script time: fields and colour
         formats.check_progressive(first)

@@ -68,16 +68,38 @@ class ProtocolError(ValueError):
 # ---------------------------------------------------------------- per-user paths and the default endpoint
 
 
+IPC_PATH_MAX = 100  # bytes of a unix socket path (sun_path is 108 on Linux, 104 on macOS; margin kept)
+SOCKET_NAME = "worker.sock"
+
+
+def _runtime_candidates() -> list[tuple[Path, str]]:
+    """(directory, where its path came from), in order of preference."""
+    out = []
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg):
+        out.append((Path(xdg) / "erdn-vs", "$XDG_RUNTIME_DIR"))
+    tmp = tempfile.gettempdir()
+    origin = next((f"${k}" for k in ("TMPDIR", "TEMP", "TMP") if os.environ.get(k) == tmp), "the temp dir")
+    out.append((Path(tmp) / f"erdn-vs-{os.getuid()}", origin))
+    return out
+
+
 def runtime_dir() -> Path:
     """A directory only this user can read: $XDG_RUNTIME_DIR/erdn-vs, else /tmp/erdn-vs-$UID (mode 0700).
 
-    Holds the default ipc socket, the autostart lock and the worker log.
+    Holds the default ipc socket, the autostart lock and the worker log. A directory whose socket path
+    would be too long for a unix socket is skipped before anything is created in it; when none fits,
+    ValueError says where each path came from and what to set instead.
     """
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isdir(xdg):
-        path = Path(xdg) / "erdn-vs"
-    else:
-        path = Path(tempfile.gettempdir()) / f"erdn-vs-{os.getuid()}"
+    candidates = _runtime_candidates()
+    fits = [d for d, _ in candidates if len(str(d / SOCKET_NAME).encode()) <= IPC_PATH_MAX]
+    if not fits:
+        tried = "; ".join(f"{d / SOCKET_NAME} (from {origin}) is {len(str(d / SOCKET_NAME).encode())} bytes"
+                          for d, origin in candidates)
+        raise ValueError(f"no default worker socket fits the {IPC_PATH_MAX} bytes a unix socket path can hold: "
+                         f"{tried}; set {ENDPOINT_ENV}=ipc:///tmp/erdn-{os.getuid()}.sock (or "
+                         f"tcp://127.0.0.1:5599), pass endpoint= (erdn: --endpoint), or a shorter $TMPDIR")
+    path = fits[0]
     path.mkdir(mode=0o700, exist_ok=True)
     st = path.lstat()
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
@@ -88,11 +110,19 @@ def runtime_dir() -> Path:
 
 
 def default_endpoint() -> str:
-    """$ERDN_WORKER_ENDPOINT if set, else ipc://RUNTIME_DIR/worker.sock."""
+    """$ERDN_WORKER_ENDPOINT if set, else ipc://RUNTIME_DIR/worker.sock.
+
+    Raises ValueError naming the variable or directory when the ipc path would be too long.
+    """
     env = os.environ.get(ENDPOINT_ENV)
     if env:
+        path = ipc_path(env)
+        if path is not None and len(str(path).encode()) > IPC_PATH_MAX:
+            raise ValueError(f"${ENDPOINT_ENV} is {env}: its path is {len(str(path).encode())} bytes, over the "
+                             f"{IPC_PATH_MAX} a unix socket path can hold; set it to a shorter one "
+                             f"(ipc:///tmp/erdn-{os.getuid()}.sock) or to tcp://127.0.0.1:5599")
         return env
-    return f"ipc://{runtime_dir() / 'worker.sock'}"
+    return f"ipc://{runtime_dir() / SOCKET_NAME}"
 
 
 def ipc_path(endpoint: str) -> Path | None:
@@ -117,8 +147,10 @@ def check_endpoint(endpoint: str, curve: bool = False) -> str:
     if not isinstance(endpoint, str):
         raise ValueError(f"endpoint must be a string, got {type(endpoint).__name__}")
     if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
-        if len(endpoint) - len("ipc://") > 100:
-            raise ValueError(f"ipc endpoint path is too long for a unix socket (max ~100 bytes): {endpoint}")
+        size = len(endpoint[len("ipc://"):].encode())
+        if size > IPC_PATH_MAX:
+            raise ValueError(f"endpoint {endpoint}: its path is {size} bytes, over the {IPC_PATH_MAX} a unix socket "
+                             "path can hold; use a shorter one (ipc:///tmp/erdn-NAME.sock) or tcp://127.0.0.1:PORT")
         return endpoint
     if endpoint.startswith("tcp://") and ":" in endpoint[len("tcp://"):]:
         host, _, port = endpoint[len("tcp://"):].rpartition(":")
