@@ -175,6 +175,7 @@ class _Farm:
         self.total, self.done, self.quiet = total, done, quiet
         self.rendered = 0  # frames rendered by this run (the frame rate counts only these)
         self.retried = 0
+        self.nodes: set[str] = set()  # Ray node ids that rendered a chunk
 
     def run(self, todo: list[Chunk]) -> dict[str, Any]:
         ray = self.ray
@@ -188,7 +189,7 @@ class _Farm:
         finally:
             for h in handles:
                 ray.kill(h)
-        return {"actors": len(handles), "actor_start_s": actor_start, "stats": stats}
+        return {"actors": len(handles), "nodes": len(self.nodes), "actor_start_s": actor_start, "stats": stats}
 
     def _slots(self) -> int:
         free = self.ray.available_resources()
@@ -242,6 +243,7 @@ class _Farm:
                     if result["incarnation"] != incarnation[a]:
                         self._lost(chunk, info[a], incarnation, a, result["incarnation"])
                     self.store.put(chunk, result["data"])
+                    self.nodes.add(result["node_id"])
                     self.done += chunk.frames
                     self.rendered += chunk.frames
                     partial[a] = 0
@@ -340,9 +342,11 @@ def _summary(chunks: int, resumed: int, frames: int, seconds: float, join_s: flo
         evals = sum(s.get("stage1_evals", 0) + s.get("stage2_evals", 0) for s in stats)
         loads = sum(s.get("models_loaded", 0) for s in stats)
         load_s = sum(s.get("model_load_seconds", 0.0) for s in stats)
-        text += f" on {farm['actors']} actors (started in {farm['actor_start_s']:.1f} s)"
+        text += f" on {farm['actors']} actors, {farm['nodes']} nodes (actors started in {farm['actor_start_s']:.1f} s)"
         if served:
             text += f"; {evals / served:.2f} stage evaluations per frame"
+        if stats:
+            text += f"; worker start {max(s.get('worker_start_s', 0.0) for s in stats):.1f} s"
         if loads:
-            text += f"; model loaded {loads}x ({load_s / loads:.2f} s each)"
+            text += f", model loaded {loads}x ({load_s / loads:.2f} s each)"
     return text + f"; join {join_s:.2f} s"

@@ -80,9 +80,7 @@ def _die_with_parent() -> None:
 
 def node_dir(run: str) -> Path:
     """This user's scratch directory for one render on this node (short: ipc paths are limited)."""
-    path = Path(tempfile.gettempdir()) / f"erdn-farm-{os.getuid()}" / run
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
+    return Path(tempfile.gettempdir()) / f"erdn-farm-{os.getuid()}" / run
 
 
 class ChunkRenderer:
@@ -99,36 +97,39 @@ class ChunkRenderer:
         self.run = run
         self.threads = threads
         self.node = ray.util.get_node_ip_address()
+        self.node_id = ray.get_runtime_context().get_node_id()
         self.incarnation = secrets.token_hex(4)  # new after every restart: the driver counts retries by it
         self.dir = node_dir(run) / f"actor{slot}"
-        self.dir.mkdir(exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.log = self.dir / "worker.log"
         self.endpoint = ""
         self._worker: subprocess.Popen | None = None
+        self.worker_start_s = 0.0  # from starting the worker until it answered
         self._lock = threading.Lock()
         self._progress: tuple[int | None, int] = (None, 0)  # (chunk index, frames done)
 
     # ---------------------------------------------------------------- queried by the driver
 
     def describe(self) -> dict[str, Any]:
-        return {"slot": self.slot, "node": self.node, "pid": os.getpid(), "log": str(self.log),
-                "incarnation": self.incarnation}
+        return {"slot": self.slot, "node": self.node, "node_id": self.node_id, "pid": os.getpid(),
+                "log": str(self.log), "incarnation": self.incarnation}
 
     def progress(self) -> tuple[str, int | None, int]:
         """(incarnation, chunk being rendered or None, its frames done so far)."""
         return (self.incarnation, *self._progress)
 
     def stats(self) -> dict[str, Any]:
-        """The worker's counters (stage evaluations, model loads); {} before the first chunk."""
+        """The worker's counters (stage evaluations, model loads) and its start time; {} before the first chunk."""
         if self._worker is None or self._worker.poll() is not None:
             return {}
         from ..client import WorkerClient
 
         with WorkerClient(self.endpoint, autostart=False, timeout=10) as client:
-            return client.stats()
+            return {**client.stats(), "worker_start_s": self.worker_start_s}
 
     def shutdown(self) -> None:
-        """Stop the worker (the driver calls this before it lets the actor go)."""
+        """Stop the worker and delete this render's scratch files on this node (the driver calls this
+        once every chunk is in; after a failure they stay, with the worker log the message names)."""
         worker, self._worker = self._worker, None
         if worker is not None and worker.poll() is None:
             worker.terminate()
@@ -136,6 +137,7 @@ class ChunkRenderer:
                 worker.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 worker.kill()
+        shutil.rmtree(node_dir(self.run), ignore_errors=True)
 
     # ---------------------------------------------------------------- the work
 
@@ -178,7 +180,7 @@ class ChunkRenderer:
         shutil.rmtree(work, ignore_errors=True)
         self._progress = (None, 0)
         return {"data": data, "frames": frames, "seconds": time.monotonic() - t0, "node": self.node,
-                "incarnation": self.incarnation}
+                "node_id": self.node_id, "incarnation": self.incarnation}
 
     # ---------------------------------------------------------------- helpers
 
@@ -213,11 +215,13 @@ class ChunkRenderer:
                 log.flush()
                 self._worker = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                                 preexec_fn=_die_with_parent)
-            deadline = time.monotonic() + WORKER_START_S
+            started = time.monotonic()
+            deadline = started + WORKER_START_S
             with WorkerClient(self.endpoint, autostart=False, timeout=5) as client:
                 while True:
                     try:
                         client.ping()
+                        self.worker_start_s = time.monotonic() - started
                         return
                     except WorkerUnavailable:
                         if self._worker.poll() is not None:
