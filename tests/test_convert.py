@@ -262,3 +262,87 @@ def test_cli_converts_and_reports_errors(tmp_path, capsys):
 
     assert erdn_main(["convert", str(tmp_path / "absent.pth"), str(out)]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- wrappers training code adds
+
+
+def as_module(state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """An nn.Module whose state_dict() is ``state``, so that real wrappers (AveragedModel,
+    DataParallel, torch.compile) can be put around the official network's keys."""
+    root = torch.nn.Module()
+    for key, tensor in state.items():
+        *path, name = key.split(".")
+        module = root
+        for part in path:
+            if part not in module._modules:
+                module.add_module(part, torch.nn.Module())
+            module = module._modules[part]
+        module.register_parameter(name, torch.nn.Parameter(tensor.clone(), requires_grad=False))
+    return root
+
+
+WRAPPERS = {  # name -> (wrap the official module, what the message must say was stripped)
+    "AveragedModel": (lambda m: torch.optim.swa_utils.AveragedModel(m).state_dict(), ["n_averaged", "'module.'"]),
+    "DataParallel": (lambda m: torch.nn.DataParallel(m).state_dict(), ["'module.'"]),
+    "torch.compile": (lambda m: torch.compile(m).state_dict(), ["'_orig_mod.'"]),
+    "AveragedModel(torch.compile)": (
+        lambda m: torch.optim.swa_utils.AveragedModel(torch.compile(m)).state_dict(),
+        ["n_averaged", "'module.'", "'_orig_mod.'"],
+    ),
+    "DataParallel in a state_dict entry": (
+        lambda m: {"state_dict": torch.nn.DataParallel(m).state_dict(), "epoch": 3, "optimizer": {"lr": [1e-4]}},
+        ["'state_dict'", "'module.'"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WRAPPERS))
+def test_wrappers_of_real_training_code_are_stripped_and_named(tmp_path, capsys, name):
+    """An EMA checkpoint (AveragedModel: 'module.' keys plus n_averaged) and the like convert, and say how."""
+    model = random_tiny(5, seed=4)
+    wrap, said = WRAPPERS[name]
+    src = tmp_path / "ema.pth"
+    torch.save(wrap(as_module(official_state_dict(model))), src)
+    out = tmp_path / "w.safetensors"
+    assert erdn_main(["convert", str(src), str(out)]) == 0
+    assert_same_weights(model, load_model(out))
+    printed = capsys.readouterr().out
+    assert all(s in printed for s in said), printed
+    assert read_metadata(out)["metadata"]["unwrapped"]
+
+
+def test_ema_weights_are_taken_before_the_raw_ones_and_key_picks_another(tmp_path, capsys):
+    raw, ema = random_tiny(3, seed=5), random_tiny(3, seed=6)
+    for entries in ({"params": "raw", "params_ema": "ema"}, {"state_dict": "raw", "state_dict_ema": "ema"}):
+        src = tmp_path / "two.pth"
+        torch.save({k: official_state_dict(raw if v == "raw" else ema) for k, v in entries.items()}, src)
+        ema_entry, raw_entry = (k for k, v in sorted(entries.items(), key=lambda kv: kv[1] != "ema"))
+        assert erdn_main(["convert", str(src), str(tmp_path / "e.safetensors")]) == 0
+        assert_same_weights(ema, load_model(tmp_path / "e.safetensors"))
+        printed = capsys.readouterr().out
+        assert f"'{ema_entry}'" in printed and f"--key {raw_entry}" in printed
+        assert erdn_main(["convert", str(src), str(tmp_path / "r.safetensors"), "--key", raw_entry]) == 0
+        assert_same_weights(raw, load_model(tmp_path / "r.safetensors"))
+    assert erdn_main(["convert", str(src), str(tmp_path / "x.safetensors"), "--key", "nope"]) == 1
+    assert "no entry 'nope'" in capsys.readouterr().err
+
+
+def test_an_ema_wrappers_averaged_copy_is_taken(tmp_path, capsys):
+    """EMA modules that hold the averaged copy as ``self.ema_model`` beside the live model and counters."""
+    live, ema = random_tiny(3, seed=7), random_tiny(3, seed=8)
+    state = {"ema_model." + k: v for k, v in official_state_dict(ema).items()}
+    state |= {"online_model." + k: v for k, v in official_state_dict(live).items()}
+    state |= {"step": torch.tensor(1000), "initted": torch.tensor(True)}
+    torch.save(state, tmp_path / "e.pth")
+    assert erdn_main(["convert", str(tmp_path / "e.pth"), str(tmp_path / "e.safetensors")]) == 0
+    assert_same_weights(ema, load_model(tmp_path / "e.safetensors"))
+    assert "'ema_model.'" in capsys.readouterr().out
+
+
+def test_an_unknown_prefix_is_named_with_the_key_it_hides(tmp_path, capsys):
+    state = {"wrapper." + k: v for k, v in official_state_dict(random_tiny(3)).items()}
+    torch.save(state, tmp_path / "p.pth")
+    assert erdn_main(["convert", str(tmp_path / "p.pth"), str(tmp_path / "p.safetensors")]) == 1
+    err = capsys.readouterr().err
+    assert "'wrapper.'" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

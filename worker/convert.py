@@ -105,9 +105,20 @@ PART_RULES: dict[str, list[Rule]] = {
 # Official keys the official forward never reads (see the module docstring).
 UNUSED_KEYS = re.compile(r"(flow_net(_new)?\.conv_l4_c_[12]\.(weight|bias))|(get_grad\.weight_[hv])")
 
-# Containers that training frameworks wrap a state_dict in.
-WRAPPER_KEYS = ("state_dict", "model", "params_ema", "params", "net", "network")
-PREFIXES = ("module.", "model.")
+# Entries of a checkpoint dict that training code keeps the weights under, in the order one is
+# taken when several are present: averaged (EMA) weights first, as BasicSR's and timm's own
+# inference does. ``erdn convert --key`` takes another.
+WEIGHT_ENTRIES = ("params_ema", "state_dict_ema", "model_ema", "ema", "params", "state_dict", "model", "net", "network")
+# Key prefixes that wrappers add, stripped while every key carries one; the value says who adds it.
+WRAPPER_PREFIXES = {
+    "module.": "DataParallel/DistributedDataParallel, or an EMA copy such as AveragedModel",
+    "_orig_mod.": "torch.compile",
+    "model.": "a wrapping module's 'model' attribute",
+}
+# torch.optim.swa_utils.AveragedModel keeps its update count beside the 'module.' keys.
+AVERAGED_COUNT = "n_averaged"
+# EMA helpers that are modules hold the averaged copy as ``self.ema_model`` beside the live model.
+EMA_COPY_PREFIX = "ema_model."
 
 
 class ConversionError(ValueError):
@@ -128,33 +139,76 @@ def official_to_ours(key: str) -> str | None:
             m = re.fullmatch(pattern, rest)
             if m:
                 return f"{stage}.{part}." + (repl(m) if callable(repl) else m.expand(repl))
-    raise ConversionError(f"unexpected key {key!r}: not part of the official ERDN network")
+    hint = ""
+    if rest.partition(".")[0] in STAGE_PARTS or rest.startswith("get_grad."):
+        hint = f" (it is {rest!r} under a {top + '.'!r} prefix this converter does not know)"
+    raise ConversionError(f"unexpected key {key!r}: not part of the official ERDN network{hint}")
 
 
-def unwrap(checkpoint: Any) -> dict[str, Any]:
-    """The state_dict inside a loaded checkpoint: unwraps {'state_dict': ...}-style
-    containers and strips DataParallel's 'module.' (or 'model.') prefix."""
+def _select_entry(checkpoint: dict[str, Any], key: str | None, notes: list[str]) -> dict[str, Any]:
+    """The weights dict inside a checkpoint's (possibly nested) entries; notes which entry was taken."""
     import torch
 
     state = checkpoint
     for _ in range(3):  # at most a few levels of nesting
-        if not isinstance(state, dict):
+        if not isinstance(state, dict) or (state and all(isinstance(v, torch.Tensor) for v in state.values())):
             break
-        if state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        entries = [k for k in WEIGHT_ENTRIES if isinstance(state.get(k), dict)]
+        if key is not None and isinstance(state.get(key), dict):
+            entries = [key] + [k for k in entries if k != key]
+            key = None
+        if not entries:
             break
-        inner = next((state[k] for k in WRAPPER_KEYS if isinstance(state.get(k), dict)), None)
-        if inner is None:
-            break
-        state = inner
+        taken, others = entries[0], entries[1:]
+        note = f"took the {taken!r} entry"
+        if others:
+            note += f" (the file also holds {', '.join(map(repr, others))}: --key {others[0]} takes that)"
+        notes.append(note)
+        state = state[taken]
+    if key is not None:
+        raise ConversionError(f"the checkpoint has no entry {key!r} holding weights")
+    return state
+
+
+def unwrap(checkpoint: Any, key: str | None = None) -> tuple[dict[str, Any], list[str]]:
+    """The state_dict inside a loaded checkpoint, and what was stripped to reach it.
+
+    Recognises what training code commonly wraps weights in: ``{'state_dict': ...}``-style entries
+    (BasicSR ``params``/``params_ema``, timm ``state_dict_ema``, ...; EMA entries win unless ``key``
+    names another), DataParallel/DDP's ``module.`` prefix, torch.compile's ``_orig_mod.``,
+    ``torch.optim.swa_utils.AveragedModel`` (``module.`` plus ``n_averaged``) and EMA modules'
+    ``ema_model.`` copy. Returns (state_dict, notes: one phrase per thing stripped).
+    Raises ConversionError when no dict of tensors is found.
+    """
+    import torch
+
+    notes: list[str] = []
+    state = _select_entry(checkpoint, key, notes)
     if not isinstance(state, dict) or not state:
         raise ConversionError("the file holds no state_dict (expected a dict of tensors)")
+    averaged = {k: v for k, v in state.items() if k != AVERAGED_COUNT}
+    if AVERAGED_COUNT in state and averaged and all(k.startswith("module.") for k in averaged):
+        state = averaged
+        notes.append(f"dropped {AVERAGED_COUNT} (torch.optim.swa_utils.AveragedModel's update count)")
+    ema_keys = [k for k in state if k.startswith(EMA_COPY_PREFIX)]
+    if ema_keys and len(ema_keys) < len(state):
+        left = [k for k in state if not k.startswith(EMA_COPY_PREFIX)]
+        state = {k: state[k] for k in ema_keys}
+        notes.append(f"took the keys under {EMA_COPY_PREFIX!r} (an EMA module's averaged copy) and left out "
+                     f"{len(left)} others such as {left[0]!r}")
     not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise ConversionError(f"the state_dict holds non-tensor entries: {not_tensors[:5]}")
-    for prefix in PREFIXES:
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
-    return state
+    prefixes = WRAPPER_PREFIXES | {EMA_COPY_PREFIX: "an EMA module's averaged copy"}
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix, who in prefixes.items():
+            if all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+                notes.append(f"stripped the {prefix!r} prefix ({who})")
+                stripped = True
+    return state, notes
 
 
 def _count(state: dict[str, Any], pattern: str) -> int:
@@ -255,8 +309,9 @@ def convert_state_dict(official: dict[str, Any], frames: int | None = None):
     return model.eval()
 
 
-def load_official(path: str | Path) -> dict[str, Any]:
-    """The official state_dict in a .pth/.pt file, read without unpickling objects."""
+def load_official(path: str | Path, key: str | None = None) -> tuple[dict[str, Any], list[str]]:
+    """The official state_dict in a .pth/.pt file, read without unpickling objects, and what
+    was stripped to reach it (see ``unwrap``)."""
     import pickle
 
     import torch
@@ -272,15 +327,23 @@ def load_official(path: str | Path) -> dict[str, Any]:
             f"{path} cannot be read as a plain PyTorch state_dict ({first_line}); "
             f"only tensor checkpoints (torch.load weights_only=True) are accepted"
         ) from None
-    return unwrap(checkpoint)
+    return unwrap(checkpoint, key)
 
 
-def convert_file(src: str | Path, dst: str | Path, frames: int | None = None) -> Path:
-    """Convert ``src`` (official .pth) into erdn-vs safetensors at ``dst``."""
+def convert_file(src: str | Path, dst: str | Path, frames: int | None = None, key: str | None = None) -> Path:
+    """Convert ``src`` (official .pth) into erdn-vs safetensors at ``dst``.
+
+    The weights file's metadata lists what was stripped (``unwrapped``). ``key`` picks the
+    checkpoint entry that holds the weights (default: see ``WEIGHT_ENTRIES``).
+    """
     from worker.model import save_model
 
-    model = convert_state_dict(load_official(src), frames=frames)
-    return save_model(model, dst, source="official ERDN checkpoint", original=Path(src).name)
+    state, notes = load_official(src, key)
+    try:
+        model = convert_state_dict(state, frames=frames)
+    except ConversionError as e:
+        raise ConversionError(f"{e}; read after this unwrapping: {'; '.join(notes)}" if notes else str(e)) from None
+    return save_model(model, dst, source="official ERDN checkpoint", original=Path(src).name, unwrapped=notes)
 
 
 def main(argv: list[str]) -> int:
@@ -298,9 +361,15 @@ def main(argv: list[str]) -> int:
         help="3: stage 1 only; 5: the two-stage cascade. Default: 5 if the checkpoint has a second "
         "stage, else 3. Use 3 for a checkpoint trained in the official 'single' phase.",
     )
+    parser.add_argument(
+        "--key",
+        default=None,
+        help="the checkpoint entry that holds the weights, e.g. params when the file also holds params_ema "
+        f"(default: the first of {', '.join(WEIGHT_ENTRIES)} present)",
+    )
     args = parser.parse_args(argv)
     try:
-        path = convert_file(args.official, args.out, frames=args.frames)
+        path = convert_file(args.official, args.out, frames=args.frames, key=args.key)
     except ConversionError as e:
         print(f"erdn convert: {args.official}: {e}", file=sys.stderr)
         return 1
@@ -308,4 +377,6 @@ def main(argv: list[str]) -> int:
 
     meta = read_metadata(path)
     print(f"wrote {path} (preset {meta['preset']}, frames={meta['frames']})")
+    for note in meta["metadata"].get("unwrapped", []):
+        print(f"  {note}")
     return 0
