@@ -343,9 +343,7 @@ def render(args: argparse.Namespace) -> Path:
             info = script_info(vpy)
         except RenderError as e:
             raise RenderError(f"rendering {input_path} failed: {e}") from None
-        vs_format, video_in = video_input_args(info)
-        if vfr:  # vspipe's Matroska carries every frame's duration; y4m has one rate for all
-            vs_format, video_in = ["-c", "mkv"], ["-f", "matroska"]
+        vs_format, video_in, timing = pipe_formats(info, vfr)
         copy_audio = not args.no_audio
         ff = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *video_in, "-i", "pipe:0"]
         if copy_audio:
@@ -353,9 +351,7 @@ def render(args: argparse.Namespace) -> Path:
             ff += ["-map", "0:v:0", "-map", "1:a?", "-c:a", "copy"]
         else:
             ff += ["-map", "0:v:0"]
-        ff += encoder_args(args.codec, args.crf, args.pix_fmt, args.lossless, args.preset)
-        if vfr:  # each frame's own timestamp, in the time base it came with (not rounded to a nominal rate)
-            ff += ["-fps_mode", "passthrough", "-enc_time_base:v", "demux"]
+        ff += encoder_args(args.codec, args.crf, args.pix_fmt, args.lossless, args.preset) + timing
         ff += [str(partial)]  # no -shortest: a short audio track must never cost video frames
         try:
             pipe_into_ffmpeg(vpy, vs_format, ff, source=input_path, output=output, requests=requests_args(args),
@@ -416,6 +412,18 @@ def script_info(vpy: Path) -> dict[str, str | float]:
 
 _RGB_PIX_FMT = {("Integer", "8"): "gbrp", ("Integer", "10"): "gbrp10le", ("Integer", "12"): "gbrp12le",
                 ("Integer", "16"): "gbrp16le", ("Float", "32"): "gbrpf32le"}
+
+
+def pipe_formats(info: dict[str, str | float], vfr: bool) -> tuple[list[str], list[str], list[str]]:
+    """(vspipe output options, ffmpeg input options, ffmpeg output options) for the clip ``info`` describes.
+
+    ``vfr``: the script keeps a variable-frame-rate source's timestamps (``timecodes=``).
+    """
+    vs_format, video_in = video_input_args(info)
+    if vfr:  # vspipe's Matroska carries every frame's duration; y4m has one rate for all
+        # each frame's own timestamp, in the time base it came with (not rounded to a nominal rate)
+        return ["-c", "mkv"], ["-f", "matroska"], ["-fps_mode", "passthrough", "-enc_time_base:v", "demux"]
+    return vs_format, video_in, []
 
 
 def video_input_args(info: dict[str, str | float]) -> tuple[list[str], list[str]]:
