@@ -2,48 +2,54 @@
 
 Each (backend, size) runs in a fresh child process, so that memory one measurement
 allocated (and the allocator kept) never hides another's peak. On the CPU the peak is
-the resident set size sampled every 2 ms during the runs, minus what it was before the
-first run (model and input already loaded); on CUDA it is torch.cuda.max_memory_allocated.
+the kernel's high-water mark of the resident set size during the runs (reset before the
+first run, so model and input loading do not count), minus what it was at that reset; on
+CUDA it is torch.cuda.max_memory_allocated.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 _CHILD = "import sys; from worker.bench.model_speed import child_main; sys.exit(child_main(sys.argv[1]))"
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_bytes(field: str) -> int:
+    """A ``kB`` field of /proc/self/status (VmRSS, VmHWM, ...) in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field} line")
 
 
 class PeakRss:
-    """Highest resident set size seen while the ``with`` block runs (sampled by a thread)."""
+    """Highest resident set size of this process while the ``with`` block runs, as the kernel keeps it.
+
+    Entering resets the kernel's high-water mark (VmHWM) to the current resident size by writing
+    5 to /proc/self/clear_refs (Linux >= 4.0); leaving reads it. Nothing samples, so a peak counts
+    however briefly it lasted and however busy the machine is. ``start`` and ``peak`` are bytes.
+    Raises RuntimeError where the mark cannot be reset.
+    """
 
     def __enter__(self) -> PeakRss:
-        self.start = _rss_bytes()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError as e:
+            raise RuntimeError(f"cannot reset the peak resident size through /proc/self/clear_refs ({e}); "
+                               "measuring peak memory needs Linux 4.0 or newer") from None
+        self.start = _status_bytes("VmRSS")
         self.peak = self.start
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
         return self
 
-    def _sample(self) -> None:
-        while not self._stop.wait(0.002):
-            self.peak = max(self.peak, _rss_bytes())
-
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_bytes())
+        self.peak = max(self.start, _status_bytes("VmHWM"))
 
 
 def child_main(spec_json: str) -> int:
