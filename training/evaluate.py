@@ -131,7 +131,7 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("weights", help="weights (.safetensors from erdn train / erdn convert) or a training .ckpt")
     p.add_argument("dataset", help="dataset folder (dvd, dvd-original, gopro or paired layout)")
-    p.add_argument("--split", default="test", choices=["train", "test", "all"])
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--layout", default="auto")
     p.add_argument("--border", action="store_true", help="also score the first/last frames (official padding)")
     p.add_argument("--save-dir", help="write restored frames here (<video>/<frame>.png)")
