@@ -29,13 +29,14 @@ core = vs.core
 
 class Recorder:
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
         self.opened: list[dict] = []
         self.calls: dict[int, tuple[tuple[int, ...], dict[int, np.ndarray]]] = {}
         self.closed = 0
         self.fail_with: Exception | None = None
         self.attempts = 0
         self.delay = 0.0
+        self.overlap = 0  # hold requests until this many have been in flight together (once)
         self.in_flight = self.max_in_flight = 0
 
 
@@ -49,6 +50,9 @@ def recorder(monkeypatch):
                 rec.calls[n] = (tuple(window), {k: v.copy() for k, v in planes.items()})
                 rec.in_flight += 1
                 rec.max_in_flight = max(rec.max_in_flight, rec.in_flight)
+                rec.lock.notify_all()
+                # However slowly a loaded machine schedules the other requests: they are waited for, not raced.
+                rec.lock.wait_for(lambda: rec.max_in_flight >= rec.overlap, timeout=60)
             time.sleep(rec.delay)
             with rec.lock:
                 rec.in_flight -= 1
@@ -142,7 +146,7 @@ def test_identity_session_round_trips_format_and_props(recorder, weights, fmt):
 def test_batch_requests_in_flight(recorder, weights, batch):
     if core.num_threads < batch:
         pytest.skip(f"VapourSynth has {core.num_threads} thread(s)")
-    recorder.delay = 0.2
+    recorder.overlap, recorder.delay = batch, 0.2  # then 0.2 s more, so that a request beyond batch would show
     out = deblur(vpy_clips.pattern_clip(vs.YUV420P8, 6, 32, 24), weights=weights, batch=batch)
     for future in [out.get_frame_async(n) for n in range(6)]:
         future.result()

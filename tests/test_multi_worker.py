@@ -136,11 +136,12 @@ class FakeWorkers:
     """Stand-in clients that record which endpoint restored which frame (identity on the centre frame)."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
         self.frames: dict[str | None, list[int]] = {}
         self.in_flight: dict[str | None, int] = {}
         self.busy_together = 0  # most endpoints with a request in flight at the same moment
         self.delay = 0.0
+        self.overlap = 0  # hold requests until this many endpoints have been busy together (once)
 
     def client(self, endpoint=None, *, autostart=True, timeout=30.0, worker_args=None):
         rec = self
@@ -151,6 +152,9 @@ class FakeWorkers:
                     rec.frames.setdefault(endpoint, []).append(n)
                     rec.in_flight[endpoint] = rec.in_flight.get(endpoint, 0) + 1
                     rec.busy_together = max(rec.busy_together, sum(v > 0 for v in rec.in_flight.values()))
+                    rec.lock.notify_all()
+                    # However slowly a loaded machine schedules the other requests: they are waited for, not raced.
+                    rec.lock.wait_for(lambda: rec.busy_together >= rec.overlap, timeout=60)
                 time.sleep(rec.delay)
                 with rec.lock:
                     rec.in_flight[endpoint] -= 1
@@ -195,7 +199,7 @@ def test_graph_sends_each_frame_to_its_worker_and_keeps_the_order(fake_workers, 
 def test_requests_in_flight_on_both_workers_at_once(fake_workers, weights_file):
     if core.num_threads < 2:
         pytest.skip(f"VapourSynth has {core.num_threads} thread(s)")
-    fake_workers.delay = 0.2
+    fake_workers.overlap, fake_workers.delay = 2, 0.2
     out = deblur(vpy_clips.pattern_clip(vs.YUV420P8, 8, 32, 24), weights=weights_file,
                  endpoint="ipc:///x/a.sock,ipc:///x/b.sock", stripe=2, batch=1)
     for future in [out.get_frame_async(n) for n in range(8)]:
