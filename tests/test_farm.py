@@ -152,7 +152,7 @@ def test_store_keeps_a_chunk_only_with_all_its_frames(tmp_path):
     short = Chunk(0, 0, 4)
     with pytest.raises(render.RenderError, match="3 frames instead of 4"):
         store.put(short, video.read_bytes())
-    assert not store.done(short) and not list(store.dir.glob("*.nut")) and not list(store.dir.glob(".*partial"))
+    assert not store.done(short) and not list(store.dir.glob("chunk-*")) and not list(store.dir.glob(".*partial"))
     right = Chunk(1, 4, 7)
     assert count_frames(store.put(right, video.read_bytes())) == 3 and store.done(right)
 
@@ -227,7 +227,7 @@ def test_a_killed_actor_is_restarted_and_its_chunk_retried(ray_cluster, clip, ti
     try:
         _, scratch = farm_dirs(chunk_dir)
         # An actor is mid-chunk once ffmpeg has opened the chunk's file on the node.
-        encoding = wait_for("a chunk being encoded", lambda: list(scratch.glob("actor*/chunk-*/chunk-*.nut")), proc)
+        encoding = wait_for("a chunk being encoded", lambda: list(scratch.glob("actor*/chunk-*/chunk-*.mkv")), proc)
         actor_dir = encoding[0].parent.parent
         log = (actor_dir / "worker.log").read_text()
         actor_pid = int(re.findall(r"actor \d+ \(pid (\d+)\)", log)[-1])
@@ -253,14 +253,14 @@ def test_a_killed_driver_resumes_without_rendering_finished_chunks_again(ray_clu
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         store, scratch = farm_dirs(chunk_dir)
-        wait_for("a finished chunk", lambda: list(store.glob("chunk-*.nut")), proc)
+        wait_for("a finished chunk", lambda: list(store.glob("chunk-*.mkv")), proc)
         workers = [int(p) for p in re.findall(r"erdn worker pid (\d+) serving",
                                               (scratch / "actor0" / "worker.log").read_text())]
         proc.kill()  # SIGKILL: no clean-up of any kind
         proc.wait()
     finally:
         proc.kill()
-    finished = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in store.glob("chunk-*.nut")}
+    finished = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in store.glob("chunk-*.mkv")}
     assert 1 <= len(finished) < len(EXPECTED_CHUNKS)
     deadline = time.monotonic() + 60
     while any(alive(w) for w in workers) and time.monotonic() < deadline:

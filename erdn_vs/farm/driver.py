@@ -23,12 +23,12 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from .. import render
+from .. import render, source
 from ..manifest import load_manifest
 from ..render import RenderError
 from .plan import Chunk, plan_chunks
 from .renderer import ChunkFailed, ChunkJob, ChunkRenderer, Shipped
-from .store import ChunkStore, count_frames, file_identity, run_key
+from .store import ChunkStore, chunk_suffix, count_frames, file_identity, run_key
 
 PROG = "erdn deblur --ray"
 RETRIES = 3  # Ray restarts a lost actor, and retries the chunk it held, this many times
@@ -65,7 +65,7 @@ def render_on_ray(args: argparse.Namespace) -> Path:
     input_path, output = Path(args.input), Path(args.output)
     render.check_paths(input_path, output)
     cuts = render.read_scene_cuts(args.scene_cuts) if args.scene_cuts else []
-    info = _probe(args, input_path, cuts)
+    info, src, timecodes = _probe(args, input_path, cuts)
     length = int(info["Frames"])
     start = args.frames.start if args.frames else 0
     end = min(length, args.frames.end or length) if args.frames else length
@@ -78,12 +78,12 @@ def render_on_ray(args: argparse.Namespace) -> Path:
                    device=args.device, precision=args.precision, scene_cuts=tuple(cuts),
                    info={k: info[k] for k in ("Width", "Height", "Color Family", "Sample Type", "Bits", "FPS",
                                               "Format Name", "fps") if k in info},
-                   encoder=tuple(encoder))
+                   encoder=tuple(encoder), timecodes=timecodes, suffix=chunk_suffix(output))
     identity = _identity(args, job, chunks)
     key = run_key(identity)
     root = Path(args.chunk_dir) if args.chunk_dir else output.resolve().parent / f".{output.name}.chunks"
     try:
-        store = ChunkStore(root, key, identity)
+        store = ChunkStore(root, key, identity, job.suffix)
     except OSError as e:
         raise RenderError(f"cannot keep chunks in {root}: {e}; pass --chunk-dir DIR on a writable disk") from None
     todo = [c for c in chunks if not store.done(c)]
@@ -96,14 +96,14 @@ def render_on_ray(args: argparse.Namespace) -> Path:
         _connect(ray, args.ray)
         try:
             shipped = _ship(ray, key, job, input_path) if args.ship_input else None
-            farm = _Farm(ray, store, job, shipped, args.actors, key, total=end - start,
+            farm = _Farm(ray, store, job, shipped, args.actors, key, src=src, first=start, total=end - start,
                          done=sum(c.frames for c in chunks) - sum(c.frames for c in todo), quiet=args.quiet)
             summary = farm.run(todo)
         finally:
             ray.shutdown()
     t_join = time.monotonic()
-    join(store, chunks, input_path, output, frame_range=args.frames if args.frames else None,
-         fps=float(info["fps"]), audio=not args.no_audio)
+    join(store, chunks, input_path, output, frame_range=args.frames if args.frames else None, src=src,
+         audio=not args.no_audio)
     joined = time.monotonic()
     if not args.keep_chunks:
         store.remove()
@@ -111,19 +111,24 @@ def render_on_ray(args: argparse.Namespace) -> Path:
     return output
 
 
-def _probe(args: argparse.Namespace, input_path: Path, cuts: list[int]) -> dict[str, Any]:
-    """The whole graph's format and length, evaluated here once (bad input fails before any chunk)."""
-    script = render.build_script(input_path, model=args.model, weights=args.weights, window=args.window,
-                                 device=args.device, precision=args.precision, scene_cuts=cuts)
+def _probe(args: argparse.Namespace, input_path: Path,
+           cuts: list[int]) -> tuple[dict[str, Any], source.SourceInfo, str | None]:
+    """(the whole graph's format, the input's frames and timestamps, a VFR input's timecodes text),
+    evaluated here once as ``erdn deblur`` does: bad input fails before any chunk."""
     with tempfile.TemporaryDirectory(prefix="erdn-farm-") as tmp:
+        src = source.probe(input_path, Path(tmp))
+        script = render.build_script(input_path, model=args.model, weights=args.weights, window=args.window,
+                                     device=args.device, precision=args.precision, scene_cuts=cuts,
+                                     timecodes=src.timecodes if src.variable_rate else None)
         vpy = Path(tmp) / "deblur.vpy"
         vpy.write_text(script)
         try:
             info = render.script_info(vpy)
         except RenderError as e:
             raise RenderError(f"rendering {input_path} failed: {e}") from None
-    render.video_input_args(info)  # a format ffmpeg cannot take fails here, not in every chunk
-    return info
+        render.pipe_formats(info, src.variable_rate)  # a format ffmpeg cannot take fails here, not in every chunk
+        timecodes = src.timecodes.read_text() if src.variable_rate else None  # the file goes with tmp
+    return info, src, timecodes
 
 
 def _identity(args: argparse.Namespace, job: ChunkJob, chunks: list[Chunk]) -> dict[str, Any]:
@@ -139,6 +144,7 @@ def _identity(args: argparse.Namespace, job: ChunkJob, chunks: list[Chunk]) -> d
         "weights": file_identity(job.weights) if job.weights else None,
         "window": job.window, "device": job.device, "precision": job.precision,
         "scene_cuts": list(job.scene_cuts), "encoder": list(job.encoder), "format": job.info,
+        "container": job.suffix,
         "chunks": [[c.start, c.end] for c in chunks],
         "erdn_vs": importlib.metadata.version("erdn-vs"),
     }
@@ -168,8 +174,9 @@ class _Farm:
     """The actors and the chunk queue of one render."""
 
     def __init__(self, ray: Any, store: ChunkStore, job: ChunkJob, shipped: Shipped | None, actors: int | None,
-                 key: str, *, total: int, done: int, quiet: bool) -> None:
+                 key: str, *, src: source.SourceInfo, first: int, total: int, done: int, quiet: bool) -> None:
         self.ray, self.store, self.job, self.shipped = ray, store, job, shipped
+        self.src, self.first = src, first  # the output's timeline starts at frame ``first``
         self.requested = actors
         self.key = key
         self.total, self.done, self.quiet = total, done, quiet
@@ -234,7 +241,8 @@ class _Farm:
                 while idle and queue:
                     a = idle.popleft()
                     chunk = queue.popleft()
-                    running[handles[a].render.remote(chunk, self.job, self.shipped)] = (a, chunk)
+                    start_s = _at(chunk.start, self.src) - _at(self.first, self.src)
+                    running[handles[a].render.remote(chunk, start_s, self.job, self.shipped)] = (a, chunk)
                     partial[a] = 0
                 ready, _ = ray.wait(list(running), num_returns=len(running), timeout=POLL_S)
                 for ref in ready:
@@ -298,26 +306,35 @@ class _Farm:
         sys.stderr.flush()
 
 
-def _concat_entry(path: Path, seconds: float) -> str:
-    """One file of an ffconcat list, with its exact duration: the next chunk starts right after it
-    (NUT records no duration for a chunk's last frame)."""
-    return "file '" + str(path).replace("'", "'\\''") + f"'\nduration {seconds:.6f}\n"
+def _concat_entry(path: Path, start: float, end: float) -> str:
+    """One chunk in an ffconcat list. Its frames already sit at their place on the timeline; ``inpoint``
+    (where it starts) and ``duration`` tell the concat demuxer so, instead of leaving it to guess."""
+    return "file '" + str(path).replace("'", "'\\''") + f"'\ninpoint {start:.6f}\nduration {end - start:.6f}\n"
+
+
+def _at(n: int, src: source.SourceInfo) -> float:
+    """When frame ``n`` starts: its own timestamp in a variable-frame-rate input, else n / rate exactly
+    (the timecodes are rounded to 1 ms)."""
+    return float(src.time_of(n)) if src.variable_rate else float(n / src.fps)
 
 
 def join(store: ChunkStore, chunks: list[Chunk], input_path: Path, output: Path, *,
-         frame_range: render.FrameRange | None, fps: float, audio: bool) -> None:
+         frame_range: render.FrameRange | None, src: source.SourceInfo, audio: bool) -> None:
     """Concatenate the chunks' video without re-encoding, with the source's audio, into ``output``.
 
     Written under a ``.partial`` name and renamed once it holds every frame. Raises RenderError.
     """
     total = sum(c.frames for c in chunks)
     listing = store.dir / "join.ffconcat"
-    listing.write_text("ffconcat version 1.0\n" + "".join(_concat_entry(store.path(c), c.frames / fps) for c in chunks))
+    vfr = src.variable_rate
+    origin = _at(frame_range.start if frame_range else 0, src)  # where the output's timeline starts
+    listing.write_text("ffconcat version 1.0\n" + "".join(
+        _concat_entry(store.path(c), _at(c.start, src) - origin, _at(c.end, src) - origin) for c in chunks))
     partial = output.with_name(f".{output.stem}.partial{output.suffix}")
     ff = [render.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0",
           "-i", str(listing)]
     if audio:
-        ff += render.audio_input_args(input_path, frame_range, fps)
+        ff += render.audio_input_args(input_path, frame_range, float(src.fps), times=src if vfr else None)
         ff += ["-map", "0:v:0", "-map", "1:a?", "-c:a", "copy"]
     else:
         ff += ["-map", "0:v:0"]

@@ -28,7 +28,7 @@ from typing import Any
 
 from .. import render
 from .plan import Chunk
-from .store import CHUNK_SUFFIX, count_frames
+from .store import count_frames
 
 WORKER_START_S = 180.0  # a cold worker imports torch; on a loaded machine that takes a while
 WORKER_DIED_EXIT = 75  # the actor's exit status when its worker died: Ray restarts the actor
@@ -44,6 +44,8 @@ class ChunkJob:
 
     ``input`` and ``weights`` are paths as the nodes see them, unless shipped (see ``Shipped``).
     ``info``: the graph's output format as ``render.script_info`` reports it (the driver's probe).
+    ``timecodes``: a variable-frame-rate input's timestamps (timecodes v2 text), else None.
+    ``suffix``: the chunks' container (the output's: ``store.chunk_suffix``).
     """
 
     input: str
@@ -55,6 +57,8 @@ class ChunkJob:
     scene_cuts: tuple[int, ...]
     info: dict[str, Any]
     encoder: tuple[str, ...]
+    timecodes: str | None = None
+    suffix: str = ".mkv"
 
 
 @dataclass(frozen=True)
@@ -141,8 +145,10 @@ class ChunkRenderer:
 
     # ---------------------------------------------------------------- the work
 
-    def render(self, chunk: Chunk, job: ChunkJob, shipped: Shipped | None = None) -> dict[str, Any]:
-        """Render ``chunk``; returns {"data": encoded bytes, "frames", "seconds", "node", "incarnation"}.
+    def render(self, chunk: Chunk, start_s: float, job: ChunkJob, shipped: Shipped | None = None) -> dict[str, Any]:
+        """Render ``chunk``, its first frame at ``start_s`` seconds on the output's timeline.
+
+        Returns {"data": encoded bytes, "frames", "seconds", "node", "node_id", "incarnation"}.
 
         Raises ChunkFailed naming the chunk, this node and the worker log.
         """
@@ -152,21 +158,25 @@ class ChunkRenderer:
             self._ensure_worker()
             source = self._fetch(shipped, "input") or job.input
             weights = self._fetch(shipped, "weights") or job.weights
+            timecodes = self._timecodes(job.timecodes)
         except (OSError, RuntimeError) as e:
             raise self._failed(chunk, str(e)) from None
         script = render.build_script(
             source, model=job.model, weights=weights, window=job.window, device=job.device,
             precision=job.precision, endpoint=self.endpoint, frame_range=render.FrameRange(chunk.start, chunk.end),
-            scene_cuts=list(job.scene_cuts), autostart=False)
+            scene_cuts=list(job.scene_cuts), timecodes=timecodes, autostart=False)
         work = self.dir / chunk.name
         shutil.rmtree(work, ignore_errors=True)  # what an earlier, killed attempt left
         work.mkdir()
-        vpy, out = work / "chunk.vpy", work / f"{chunk.name}{CHUNK_SUFFIX}"
+        vpy, out = work / "chunk.vpy", work / f"{chunk.name}{job.suffix}"
         vpy.write_text(script)
         try:
-            vs_format, video_in = render.video_input_args(job.info)
-            ff = [render.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *video_in, "-i", "pipe:0",
-                  "-map", "0:v:0", *job.encoder, str(out)]
+            vs_format, video_in, timing = render.pipe_formats(job.info, timecodes is not None)
+            # The frames come in at their place on the output's timeline (-itsoffset, exact in the input's
+            # time base), so Matroska rounds each timestamp once, as the single render does.
+            ff = [render.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *video_in,
+                  "-itsoffset", f"{start_s:.6f}", "-i", "pipe:0", "-map", "0:v:0", *job.encoder,
+                  *(timing or ["-fps_mode", "passthrough"]), str(out)]
             render.pipe_into_ffmpeg(vpy, vs_format, ff, source=Path(source), output=out,
                                     on_progress=lambda done, _total: self._set_done(chunk.index, done))
             frames = count_frames(out)
@@ -230,6 +240,15 @@ class ChunkRenderer:
                         if time.monotonic() > deadline:
                             self._worker.kill()
                             raise RuntimeError(f"the worker did not answer within {WORKER_START_S:.0f} s") from None
+
+    def _timecodes(self, text: str | None) -> Path | None:
+        """A node-local file with a VFR input's timecodes, for the chunk scripts."""
+        if text is None:
+            return None
+        path = self.dir / "timecodes.txt"
+        if not path.is_file() or path.read_text() != text:
+            path.write_text(text)
+        return path
 
     def _fetch(self, shipped: Shipped | None, name: str) -> str | None:
         """The node-local copy of a shipped file, fetched from the object store once per node."""

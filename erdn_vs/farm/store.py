@@ -5,6 +5,12 @@ model or weights file, every deblur and encoder option, the chunk plan): a rerun
 command finds its chunks; one with other settings starts afresh beside them. A chunk's file gets
 its final name only once it holds all its frames (written to a ``.partial`` name, flushed,
 counted, renamed), so whatever a rerun finds under a final name is finished.
+
+Chunks are files of the output's own container (``chunk_suffix``), each written at its place on the
+output's timeline: their timestamps are rounded once, in the output's time base, exactly as the
+single render's are. (Chunks that start at 0 would be rounded within the chunk and again at its
+start, and Matroska's 1 ms rounding would add up across chunks; a container with an exact time base
+such as NUT keeps no colour tags.)
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ from typing import Any
 from ..render import RenderError, ffmpeg_exe
 from .plan import Chunk
 
-#: NUT keeps a constant-rate chunk's timestamps in its own time base (1/fps): joined, they equal the
-#: single render's exactly (Matroska rounds each chunk's to 1 ms, and the rounding adds up across chunks).
-CHUNK_SUFFIX = ".nut"
+
+def chunk_suffix(output: Path) -> str:
+    """The chunks' file extension: the output's container, Matroska if it names none."""
+    return output.suffix.lower() or ".mkv"
 
 
 def file_identity(path: str | Path) -> dict[str, Any]:
@@ -48,10 +55,11 @@ def count_frames(path: str | Path) -> int:
 
 
 class ChunkStore:
-    """``root/key/chunk-00012.mkv``: the finished chunks of one render."""
+    """``root/key/chunk-00012.mkv``: the finished chunks of one render, ``suffix`` their container."""
 
-    def __init__(self, root: Path, key: str, identity: dict[str, Any]) -> None:
+    def __init__(self, root: Path, key: str, identity: dict[str, Any], suffix: str = ".mkv") -> None:
         self.root = root
+        self.suffix = suffix
         self.dir = root / key
         self.dir.mkdir(parents=True, exist_ok=True)
         plan = self.dir / "settings.json"  # for people looking in: what these chunks are
@@ -59,7 +67,7 @@ class ChunkStore:
             plan.write_text(json.dumps(identity, indent=1, sort_keys=True) + "\n")
 
     def path(self, chunk: Chunk) -> Path:
-        return self.dir / f"{chunk.name}{CHUNK_SUFFIX}"
+        return self.dir / f"{chunk.name}{self.suffix}"
 
     def done(self, chunk: Chunk) -> bool:
         return self.path(chunk).is_file()
