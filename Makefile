@@ -6,7 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test demo lint clean
 
+# Beyond PyPI: vspreview's Qt (QtMultimedia) links PulseAudio's client library, and tests/test_vspreview.py
+# runs vspreview under Xvfb, where Qt's xcb platform needs these xcb libraries.
+SYSTEM_PACKAGES := libpulse0 xvfb libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-randr0 \
+	libxcb-render-util0 libxcb-shape0 libxcb-xinput0 libxcb-xkb1 libxkbcommon-x11-0
+
 $(STAMP): pyproject.toml constraints.txt
+	@.ci/system-packages $(SYSTEM_PACKAGES)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[all,test]'
