@@ -296,3 +296,25 @@ def test_two_nodes_with_the_input_shipped_through_the_object_store(clip, tiny_we
     assert r.returncode == 0, r.stderr
     assert "on 2 actors, 2 nodes" in r.stderr
     assert fingerprint(out) == single
+
+
+@pytest.mark.slow
+def test_a_variable_frame_rate_file_keeps_every_timestamp(ray_cluster, tiny_weights, worker_endpoint, tmp_path):
+    """6 frames at 1/25 s then 6 at 1/10 s, in chunks of 3 that straddle the change of rate."""
+    src = tmp_path / "vfr.mkv"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-f", "lavfi", "-i",
+           "aevalsrc='if(gte(t,0.44),0.5*sin(2*PI*440*t),0)':d=0.75:s=44100", "-frames:v", "12",
+           "-vf", "settb=1/1000,setpts='if(lt(N,6),N*40,240+(N-6)*100)'", "-fps_mode", "passthrough",
+           "-enc_time_base:v", "1/1000", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(src))
+    common = [sys.executable, "-m", "erdn_vs.cli", "deblur", str(src), "--weights", str(tiny_weights[5]), "--lossless"]
+    r = subprocess.run([*common, "-o", str(tmp_path / "single.mkv"), "--endpoint", worker_endpoint],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([*common, "-o", str(tmp_path / "farm.mkv"), "--ray", ray_cluster.address,
+                        "--chunk-frames", "3"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    single, farm = fingerprint(tmp_path / "single.mkv"), fingerprint(tmp_path / "farm.mkv")
+    assert farm["video_pts"] == single["video_pts"] == ["0", "40", "80", "120", "160", "200", "240", "340", "440",
+                                                        "540", "640", "740"]
+    assert [f[-1] for f in farm["frames"]] == [f[-1] for f in single["frames"]]  # the same pictures
+    assert farm["audio"] == single["audio"]
