@@ -2,8 +2,9 @@
 
 Every variant runs the real training step (``training.train.train_step``: the cascade, the cascaded loss,
 Adam) in its own fresh process on the same fixed batch, one after another and interleaved over
-``--repeats`` rounds, so drift of a shared machine hits every variant alike. Printed: seconds per iteration
-(median over rounds), iterations per core-hour, and the ratio to today's fp32 path.
+``--repeats`` rounds. A core-hour is counted as the process's own CPU time (user + system, every thread),
+so a busy shared machine slows the wall clock but not the figure. Printed: CPU seconds and wall seconds per
+iteration (medians over rounds), iterations per core-hour, and the ratio to today's fp32 path.
 
     python benchmarks/bench_train.py                     # lite, frames 5 and 3, every variant
     python benchmarks/bench_train.py --frames 3 --variants fp32,autocast --iters 10
@@ -13,9 +14,7 @@ Variants:
 - ``autocast``: ``torch.autocast("cpu", torch.bfloat16)`` around the forward.
 - ``onednn``: ``torch.backends.mkldnn.conv.fp32_precision = "bf16"`` (tensors fp32, convolutions in bf16).
 - ``compile``: ``torch.compile`` of the forward (compile time reported apart, not in s/it).
-- ``fp32-2t``: one run on two threads (throughput per core = half its iterations/hour).
-- ``fp32-pair`` / ``autocast-pair``: two single-thread runs at once, one per core (per-core throughput is one
-  run's iterations/hour).
+- ``fp32-2t`` / ``autocast-2t``: one run on two threads, against one run per core (the 1-thread variants).
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("fp32", "autocast", "onednn", "compile", "fp32-2t", "fp32-pair", "autocast-pair")
+VARIANTS = ("fp32", "autocast", "onednn", "compile", "fp32-2t", "autocast-2t")
 
 
 def child(preset: str, frames: int, variant: str, batch: int, crop: int, warmup: int, iters: int) -> dict:
@@ -54,19 +53,21 @@ def child(preset: str, frames: int, variant: str, batch: int, crop: int, warmup:
     g = torch.Generator().manual_seed(1)
     sharp = torch.rand(batch, frames, 3, crop, crop, generator=g)
     blur = (sharp + 0.05 * torch.randn(sharp.shape, generator=g)).clamp(0, 1)
-    mode = variant.removesuffix("-pair").removesuffix("-2t")
+    mode = variant.removesuffix("-2t")
     cpu_mode = mode if mode in ("autocast", "onednn") else "off"
     losses = []
     for i in range(warmup + iters):
         if i == warmup:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
         t = time.perf_counter()
         terms = train_step(net, criterion, optimizer, blur, sharp, amp=False, cpu_mode=cpu_mode, grad_clip=1.0)
         if variant == "compile" and i == 0:
             compile_seconds = time.perf_counter() - t
         losses.append(terms["total"])
-    seconds = (time.perf_counter() - start) / iters
-    return {"s_per_it": seconds, "threads": threads, "compile_seconds": compile_seconds, "losses": losses}
+    cpu = (time.process_time() - cpu_start) / iters
+    wall = (time.perf_counter() - start) / iters
+    return {"cpu_per_it": cpu, "wall_per_it": wall, "threads": threads, "compile_seconds": compile_seconds,
+            "losses": losses}
 
 
 def run_child(args: argparse.Namespace, frames: int, variant: str) -> subprocess.Popen:
@@ -79,17 +80,13 @@ def run_child(args: argparse.Namespace, frames: int, variant: str) -> subprocess
     return subprocess.Popen(cmd, cwd=ROOT, env=os.environ | env, stdout=subprocess.PIPE, text=True)
 
 
-def measure(args: argparse.Namespace, frames: int, variant: str) -> list[dict]:
-    """One measurement: one child, or two at once for ``*-pair`` (one result per child)."""
-    procs = [run_child(args, frames, variant) for _ in range(2 if variant.endswith("-pair") else 1)]
-    out = []
-    for p in procs:
-        stdout, _ = p.communicate()
-        if p.returncode != 0:
-            out.append({"error": f"exit {p.returncode}"})
-        else:
-            out.append(json.loads(stdout.strip().splitlines()[-1]))
-    return out
+def measure(args: argparse.Namespace, frames: int, variant: str) -> dict:
+    """One measurement in a fresh child process."""
+    p = run_child(args, frames, variant)
+    stdout, _ = p.communicate()
+    if p.returncode != 0:
+        return {"error": f"exit {p.returncode}"}
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str]) -> int:
@@ -118,26 +115,28 @@ def main(argv: list[str]) -> int:
         per = results.setdefault(str(frames), {v: [] for v in variants})
         for r in range(args.repeats):
             for v in variants:
-                per[v].extend(measure(args, frames, v))
+                per[v].append(measure(args, frames, v))
                 print(f"frames {frames} round {r + 1}: {v} done", file=sys.stderr)
     print(f"{args.preset}, batch {args.batch}, crop {args.crop}, {args.iters} timed iterations after "
           f"{args.warmup}, median of {args.repeats} interleaved rounds")
     summary = {}
     for frames, per in results.items():
-        base = statistics.median(m["s_per_it"] for m in per.get("fp32", []) if "s_per_it" in m) \
-            if "fp32" in per else None
-        print(f"\nframes {frames}\n{'variant':<15}{'s/it':>8}{'it/core-hour':>14}{'vs fp32':>9}  loss (last it)")
+        fp32 = [m["cpu_per_it"] for m in per.get("fp32", []) if "cpu_per_it" in m]
+        base = statistics.median(fp32) if fp32 else None
+        print(f"\nframes {frames}\n{'variant':<14}{'CPU s/it':>9}{'wall s/it':>10}{'it/core-hour':>14}{'vs fp32':>9}"
+              "  loss (last it)")
         for v, ms in per.items():
-            ok = [m for m in ms if "s_per_it" in m]
+            ok = [m for m in ms if "cpu_per_it" in m]
             if not ok:
-                print(f"{v:<15} failed: {ms[0].get('error')}")
+                print(f"{v:<14} failed: {ms[0].get('error')}")
                 continue
-            s = statistics.median(m["s_per_it"] for m in ok)
-            per_core_hour = 3600 / (s * ok[0]["threads"])
-            ratio = base / (s * ok[0]["threads"]) if base else float("nan")
+            cpu = statistics.median(m["cpu_per_it"] for m in ok)
+            wall = statistics.median(m["wall_per_it"] for m in ok)
+            ratio = base / cpu if base else float("nan")
             extra = f"  compile {statistics.median(m['compile_seconds'] for m in ok):.0f} s" if v == "compile" else ""
-            print(f"{v:<15}{s:>8.3f}{per_core_hour:>14.0f}{ratio:>8.2f}x  {ok[0]['losses'][-1]:.5f}{extra}")
-            summary[f"{frames}/{v}"] = {"s_per_it": s, "it_per_core_hour": per_core_hour, "vs_fp32": ratio}
+            print(f"{v:<14}{cpu:>9.3f}{wall:>10.3f}{3600 / cpu:>14.0f}{ratio:>8.2f}x  {ok[0]['losses'][-1]:.5f}{extra}")
+            summary[f"{frames}/{v}"] = {"cpu_per_it": cpu, "wall_per_it": wall, "it_per_core_hour": 3600 / cpu,
+                                        "vs_fp32": ratio}
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
     return 0

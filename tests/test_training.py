@@ -309,3 +309,16 @@ def test_recipe_keys_are_checked(tmp_path: Path, dataset: Path) -> None:
         path = write_config(tmp_path / "bad.yaml", dataset, tmp_path / "bad", **bad)
         with pytest.raises(ConfigError, match=words):
             load_config(path)
+
+
+def test_checkpoint_copy_is_kept_and_resumed_in_a_fresh_run_dir(tmp_path: Path, dataset: Path) -> None:
+    """A run whose run_dir is lost (a fresh clone) goes on from the copy kept under checkpoint_copy."""
+    kept = tmp_path / "kept"
+    first = write_config(tmp_path / "a.yaml", dataset, tmp_path / "a", checkpoint_copy=str(kept))
+    assert main([str(first), "--set", "iterations=2"]) == 0
+    assert load_checkpoint(kept / "last.ckpt")["iteration"] == 2 and (kept / "log.csv").is_file()
+    elsewhere = write_config(tmp_path / "b.yaml", dataset, tmp_path / "b", checkpoint_copy=str(kept))
+    assert main([str(elsewhere)]) == 0
+    assert load_checkpoint(tmp_path / "b" / "last.ckpt")["iteration"] == 4
+    assert [i for i, _ in losses(tmp_path / "b")] == ["1", "2", "3", "4"]  # the history came along
+    assert load_checkpoint(kept / "last.ckpt")["iteration"] == 4

@@ -88,6 +88,9 @@ class TrainConfig:
     checkpoint_every: int = 100  # iterations; also every checkpoint_minutes, whichever comes first
     checkpoint_minutes: float = 0.0
     keep_at: tuple[int, ...] = ()  # also keep the checkpoint of these iterations, as it<N>.ckpt
+    # Also keep last.ckpt and log.csv in this folder (under training/checkpoints/, committed as the run goes),
+    # and resume from it where run_dir has no last.ckpt: a long run goes on in any clone, on any machine.
+    checkpoint_copy: str = ""
     log_every: int = 10
     threads: int = 0  # torch CPU threads (0: torch's default)
     amp: bool = True  # mixed precision on CUDA (bfloat16)

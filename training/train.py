@@ -317,6 +317,15 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
             f"{len(dataset)} training windows cannot fill one batch of {cfg.batch} on {world} process(es)"
         )
 
+    copy_dir = Path(cfg.checkpoint_copy) if cfg.checkpoint_copy else None
+    if resume and main_process and copy_dir is not None and not (run_dir / "last.ckpt").is_file():
+        if (copy_dir / "last.ckpt").is_file():  # the run went on elsewhere: carry on from its kept copy
+            shutil.copyfile(copy_dir / "last.ckpt", run_dir / "last.ckpt")
+            if (copy_dir / "log.csv").is_file():
+                shutil.copyfile(copy_dir / "log.csv", run_dir / "log.csv")
+            print(f"erdn train: resuming from the kept copy {copy_dir / 'last.ckpt'}", file=sys.stderr)
+    if world > 1:
+        dist.barrier()
     start, best = 0, {"psnr": -math.inf, "iteration": -1}
     train_seconds = 0.0  # compute spent on training steps over every resumed part of the run
     ckpt_path = run_dir / "last.ckpt"
@@ -459,6 +468,11 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
         if main_process and (due or keep):
             save_last(iteration)
             last_ckpt_time = time.time()
+            if copy_dir is not None:
+                copy_dir.mkdir(parents=True, exist_ok=True)
+                for name in ("last.ckpt", "log.csv"):
+                    shutil.copyfile(run_dir / name, copy_dir / f"{name}.partial")
+                    (copy_dir / f"{name}.partial").replace(copy_dir / name)
             if keep:
                 shutil.copyfile(ckpt_path, run_dir / f"it{iteration}.ckpt")
     if start >= cfg.iterations:  # resumed a finished run: validate once more for the weights' metadata
