@@ -39,8 +39,44 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"erdn: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(SUBCOMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    try:
+        module = importlib.import_module(SUBCOMMANDS[name][0])
+        return int(module.main(rest) or 0)
+    except KeyboardInterrupt:
+        print(f"erdn {name}: interrupted", file=sys.stderr)
+        return 130
+    except ModuleNotFoundError as e:
+        root = (e.name or "").partition(".")[0]
+        if root not in OPTIONAL_PACKAGES:
+            raise  # a bug, not the user's environment
+        print(f"erdn {name}: needs the Python package {OPTIONAL_PACKAGES[root]!r}, which is not installed here; "
+              f"install it with `pip install 'erdn-vs[{EXTRAS.get(name, 'all')}]'` (or `pip install -e .[all]` "
+              "in a checkout)", file=sys.stderr)
+        return 1
+    except OSError as e:  # a path the user named that cannot be read or written, a full disk, ...
+        print(f"erdn {name}: {describe_os_error(e)}", file=sys.stderr)
+        return 1
+
+
+# import name -> package to install, for the dependencies that only some commands need
+OPTIONAL_PACKAGES = {
+    "torch": "torch", "torchvision": "torchvision", "safetensors": "safetensors", "onnx": "onnx",
+    "onnxruntime": "onnxruntime-gpu", "skimage": "scikit-image", "scipy": "scipy", "tqdm": "tqdm",
+    "tensorboard": "tensorboard", "matplotlib": "matplotlib", "imageio_ffmpeg": "imageio-ffmpeg", "ray": "ray",
+    "vapoursynth": "vapoursynth",
+}
+# subcommand -> the pyproject extra that brings what it needs
+EXTRAS = {"deblur": "video", "worker": "worker", "export": "worker", "convert": "worker", "bench": "all",
+          "synth": "training", "train": "training", "eval": "training", "demo": "all"}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an OSError: what went wrong, on which path, and what to check."""
+    what = e.strerror or str(e) or type(e).__name__
+    if e.filename is None:
+        return what
+    where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 is not None else "")
+    return f"{where}: {what}; check the path and its permissions"
 
 
 if __name__ == "__main__":

@@ -320,13 +320,16 @@ def pipe_into_ffmpeg(vpy: Path, vs_format: list[str], ffmpeg_cmd: list[str], *, 
         enc.kill()
         raise
     reader.join(timeout=5)
-    if vs_rc != 0:
-        detail = vspipe_error(b"\n".join(vs_log).decode(errors="replace"))
-        raise RenderError(f"rendering {source} failed (vspipe exit {vs_rc}): {detail}")
+    vs_text = b"\n".join(vs_log).decode(errors="replace")
+    # When ffmpeg cannot start (a bad encoder or container), vspipe then fails on the closed pipe: say ffmpeg's error.
+    script_failed = any(m in vs_text for m in ("vapoursynth.Error", "Python exception"))
+    if vs_rc != 0 and (enc.returncode == 0 or script_failed):
+        raise RenderError(f"rendering {source} failed (vspipe exit {vs_rc}): {vspipe_error(vs_text)}")
     if enc.returncode != 0:
         lines = [line.strip() for line in enc_err.decode(errors="replace").splitlines() if line.strip()]
         raise RenderError(f"encoding to {output} failed (ffmpeg exit {enc.returncode}): "
-                          + ("; ".join(lines[-3:]) or "no message"))  # its first lines say why, the last what
+                          + ("; ".join(lines[-3:]) or "no message")  # its first lines say why, the last what
+                          + "; check the output's extension (it picks the container), --codec and --pix-fmt")
 
 
 def render(args: argparse.Namespace) -> Path:
@@ -336,6 +339,10 @@ def render(args: argparse.Namespace) -> Path:
     partial = output.with_name(f".{output.stem}.partial{output.suffix}")
     with tempfile.TemporaryDirectory(prefix="erdn-deblur-") as tmp:
         src = source.probe(input_path, Path(tmp))  # one line for no video stream, unreadable, interlaced
+        if args.frames is not None and args.frames.start >= src.num_frames:
+            raise RenderError(f"--frames {args.frames.start}:{'' if args.frames.end is None else args.frames.end} "
+                              f"starts past the end: {input_path} has {src.num_frames} frames (0 to "
+                              f"{src.num_frames - 1}); give a START below {src.num_frames}")
         vfr = src.variable_rate
         vpy = Path(tmp) / "deblur.vpy"
         vpy.write_text(script_for(args, timecodes=src.timecodes if vfr else None))

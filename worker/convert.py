@@ -312,8 +312,6 @@ def convert_state_dict(official: dict[str, Any], frames: int | None = None):
 def load_official(path: str | Path, key: str | None = None) -> tuple[dict[str, Any], list[str]]:
     """The official state_dict in a .pth/.pt file, read without unpickling objects, and what
     was stripped to reach it (see ``unwrap``)."""
-    import pickle
-
     import torch
 
     path = Path(path)
@@ -321,8 +319,12 @@ def load_official(path: str | Path, key: str | None = None) -> tuple[dict[str, A
         raise ConversionError(f"{path} does not exist")
     try:
         checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except Exception as e:  # any failure to parse the file means it is not a checkpoint: the weights-only
+        # unpickler raises KeyError, IndexError, ... on random bytes, not only UnpicklingError
+        import pickle
+
+        told = isinstance(e, (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError)) and str(e).strip()
+        first_line = str(e).strip().splitlines()[0] if told else "its bytes are not a PyTorch checkpoint"
         raise ConversionError(
             f"{path} cannot be read as a plain PyTorch state_dict ({first_line}); "
             f"only tensor checkpoints (torch.load weights_only=True) are accepted"
