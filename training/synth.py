@@ -33,6 +33,7 @@ import argparse
 import io
 import json
 import math
+import multiprocessing
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -449,8 +450,35 @@ def split_of(i: int, total: int, opts: SynthOptions) -> str:
     return "val" if i >= total - opts.test_clips - opts.val_clips else "train"
 
 
-def synthesize(opts: SynthOptions, progress: bool = True, command: list[str] | None = None) -> Path:
-    """Write the dataset described by ``opts``; returns its root. ``command`` is recorded in erdn_synth.json."""
+def make_clip(i: int, total: int, opts: SynthOptions, pools: dict[str, list[Still]], sources: list) -> dict:
+    """Render clip ``i`` (``sources[i]`` with --video, else from photographs) and write it; returns its record.
+    Its randomness depends only on the seed and ``i``: clips can be made in any order, in any process."""
+    rng = np.random.default_rng([opts.seed, i])
+    split = split_of(i, total, opts)
+    s = int(rng.choice(opts.subframe_choices)) if opts.subframe_choices and not opts.video else opts.subframes
+    record: dict = {"clip": f"clip_{i:04d}", "split": split}
+    clip = sources[i] if opts.video else render_still_clip(rng, pools[split], opts, s, record)
+    write_clip(Path(opts.out) / split / f"clip_{i:04d}", clip, opts, rng, s, record)
+    return record
+
+
+_process: dict = {}  # in a --workers process: the options and the photographs, loaded once
+
+
+def _init_clip_process(opts: SynthOptions) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    _process.update(opts=opts, pools=split_stills(load_stills(opts), opts))
+
+
+def _clip_in_process(job: tuple[int, int]) -> dict:
+    return make_clip(*job, _process["opts"], _process["pools"], [])
+
+
+def synthesize(opts: SynthOptions, progress: bool = True, command: list[str] | None = None, workers: int = 1) -> Path:
+    """Write the dataset described by ``opts``; returns its root. ``command`` is recorded in erdn_synth.json.
+    ``workers`` > 1 renders clips from photographs in that many processes; the files are the same."""
     import torch
     import yaml
 
@@ -471,20 +499,19 @@ def synthesize(opts: SynthOptions, progress: bool = True, command: list[str] | N
             f"erdn synth: --test-clips {opts.test_clips} with --val-clips {opts.val_clips} leaves no training clip "
             f"out of {total}"
         )
-    bar = range(total)
-    if progress:
-        from tqdm import tqdm
 
-        bar = tqdm(bar, desc="erdn synth", unit="clip", file=sys.stderr)
-    records = []
-    for i in bar:
-        rng = np.random.default_rng([opts.seed, i])
-        split = split_of(i, total, opts)
-        s = int(rng.choice(opts.subframe_choices)) if opts.subframe_choices and not opts.video else opts.subframes
-        record: dict = {"clip": f"clip_{i:04d}", "split": split}
-        clip = sources[i] if opts.video else render_still_clip(rng, pools[split], opts, s, record)
-        write_clip(out / split / f"clip_{i:04d}", clip, opts, rng, s, record)
-        records.append(record)
+    def make_all(clips) -> list[dict]:  # noqa: ANN001 - an iterable of records
+        if progress:
+            from tqdm import tqdm
+
+            clips = tqdm(clips, total=total, desc="erdn synth", unit="clip", file=sys.stderr)
+        return list(clips)
+
+    if workers > 1 and not opts.video:
+        with multiprocessing.get_context("spawn").Pool(workers, _init_clip_process, (opts,)) as pool:
+            records = make_all(pool.imap(_clip_in_process, [(i, total) for i in range(total)]))
+    else:
+        records = make_all(make_clip(i, total, opts, pools, sources if opts.video else []) for i in range(total))
     options = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()}
     info = options | {"layout": "paired", "clips_written": total}
     (out / "erdn_synth.yaml").write_text(yaml.safe_dump(info, sort_keys=True))
@@ -609,6 +636,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--jpeg", type=int, help="min JPEG quality of blurry frames (0: no JPEG; v3: 60)")
     p.add_argument("--h264", type=int, help="max H.264 CRF (18..CRF) of the blurry clip (0: none; v3: 32)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes rendering clips from photographs at once (default 1; the same files)")
     a = p.parse_args(argv)
     opts = options_from_args(a)
     for name in ("clips", "frames"):
@@ -622,7 +651,7 @@ def main(argv: list[str]) -> int:
         p.error("--holdout must be in [0, 1), --procedural and --highlights in [0, 1]")
     if opts.zoom < 0 or opts.camera_noise < 0 or opts.sprites < 0:
         p.error("--zoom, --camera-noise and --sprites must be >= 0")
-    root = synthesize(opts, command=argv)
+    root = synthesize(opts, command=argv, workers=max(1, a.workers))
     splits = "train, val and test" if opts.val_clips else "train and test"
     print(f"erdn synth: wrote {root} ({splits} splits, paired layout; erdn_synth.json records how)")
     return 0
