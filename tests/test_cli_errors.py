@@ -118,3 +118,21 @@ def test_a_missing_module_that_is_not_optional_is_a_bug_and_keeps_its_traceback(
     fake_command(monkeypatch, ModuleNotFoundError("No module named 'erdn_typo'", name="erdn_typo"))
     with pytest.raises(ModuleNotFoundError):
         cli.main(["fake"])
+
+
+def test_train_a_config_that_is_not_yaml(tmp_path):
+    config = tmp_path / "broken.yaml"
+    config.write_text("model:\n  preset: [lite\n")
+    line = one_line(erdn("train", str(config)), "train")
+    assert f"config {config} is not valid YAML at line" in line
+
+
+@pytest.mark.parametrize("query", ["status", "stop"])
+def test_worker_query_with_an_endpoint_that_cannot_work(query):
+    line = one_line(erdn("worker", query, "--endpoint", "ipc:///tmp/" + "x" * 120), f"worker {query}")
+    assert "tcp://127.0.0.1:PORT" in line
+
+
+def test_worker_negative_threads():
+    line = one_line(erdn("worker", "--threads", "-1", "--endpoint", "ipc:///tmp/erdn-never.sock"), "worker")
+    assert "--threads must be 0" in line

@@ -168,8 +168,12 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
         raise ConfigError(f"config {path} does not exist")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+    except yaml.YAMLError as e:  # one line: the problem and where (PyYAML's own text spans several)
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+        raise ConfigError(f"config {path} is not valid YAML{where}: {problem}; fix it there "
+                          "(see training/configs/ for examples)") from None
     for key, value in (overrides or {}).items():
         node = raw
         *parents, leaf = key.split(".")

@@ -73,8 +73,13 @@ def serve_main(argv: list[str]) -> int:
                         ("--max-frame-pixels", args.max_frame_pixels), ("--max-queue", args.max_queue),
                         ("--max-queue-mb", args.max_queue_mb * 1024)):
         if value < 1:
-            print(f"erdn worker: {name} is too small", file=sys.stderr)
+            print(f"erdn worker: {name} is too small; give a positive number (`erdn worker --help` shows the "
+                  "defaults)", file=sys.stderr)
             return 2
+    if args.threads < 0:
+        print(f"erdn worker: --threads must be 0 (torch's default) or a number of threads, got {args.threads}",
+              file=sys.stderr)
+        return 2
     try:
         endpoint = P.check_endpoint(args.endpoint or P.default_endpoint(), curve=args.curve)
         P.check_device(args.device)
@@ -115,7 +120,7 @@ def _query_main(command: str, argv: list[str]) -> int:
             else:
                 client.shutdown()
                 print(f"erdn worker at {client.endpoint} is stopping", file=sys.stderr)
-    except WorkerError as e:
+    except (WorkerError, ValueError) as e:  # ValueError: an endpoint or keys that cannot be used, said in one line
         print(f"erdn worker {command}: {e}", file=sys.stderr)
         return 1
     return 0
