@@ -352,7 +352,7 @@ def test_recipe_v3_sets_defaults_that_explicit_options_override(monkeypatch: pyt
     import training.synth as synth
 
     captured: list[SynthOptions] = []
-    monkeypatch.setattr(synth, "synthesize", lambda opts, progress=True, command=None: captured.append(opts) or "out")
+    monkeypatch.setattr(synth, "synthesize", lambda opts, **kwargs: captured.append(opts) or "out")
 
     def parsed(*argv: str) -> SynthOptions:
         assert main(["out", *argv]) == 0
@@ -364,3 +364,24 @@ def test_recipe_v3_sets_defaults_that_explicit_options_override(monkeypatch: pyt
     own = parsed("--recipe", "v3", "--subframes", "9", "--jpeg", "0", "--no-parallax", "--holdout", "0")
     assert own.subframe_choices == () and own.jpeg == 0 and not own.parallax and own.holdout == 0
     assert parsed().shake == 1.0 and parsed("--recipe", "v1").shake == 0.0 and parsed().images == "photos"
+
+
+def test_images_eval_makes_a_test_only_set_from_reserved_photographs(tmp_path: Path) -> None:
+    from training import photos
+
+    if len([p for p in photos.reserved_photo_paths() if min(read_rgb(p).shape[:2]) >= 256]) < 2:
+        pytest.skip("scikit-learn/matplotlib sample photographs not installed")
+    out = tmp_path / "fresh"
+    assert main([str(out), "--recipe", "v3", "--images", "eval", "--procedural", "0", "--clips", "0",
+                 "--test-clips", "2", "--frames", "2", "--size", "48x32", "--seed", "11"]) == 0  # fmt: skip
+    assert [v.name for v in find_videos(out, "test")] == ["clip_0000", "clip_0001"]
+    assert not (out / "train").exists() and not (out / "val").exists()
+    info = json.loads((out / "erdn_synth.json").read_text())
+    reserved = {p.name for p in photos.reserved_photo_paths()}
+    assert set(info["photographs"]) == {"test"} and set(info["photographs"]["test"]) <= reserved
+    training_names = set(photos.SKIMAGE_ALL)
+    for clip in info["clips"]:
+        used = {clip["background"]} | {s["source"] for s in clip["sprites"]} - {"light"}
+        assert used <= reserved and not used & training_names, clip
+    with pytest.raises(SystemExit, match="never training data"):
+        main([str(tmp_path / "bad"), "--images", "eval", "--clips", "2", "--test-clips", "1"])

@@ -143,6 +143,8 @@ def load_stills(opts: SynthOptions) -> list[Still]:
 
 def split_stills(stills: list[Still], opts: SynthOptions) -> dict[str, list[Still]]:
     """Which photographs each split renders from: val and test use only the held-out ones (``--holdout``)."""
+    if opts.images == "eval":  # an evaluation set: no train split, nothing held out of it
+        return {"test": stills}
     held = photos.held_out_names([s.name for s in stills], opts.holdout)
     train = [s for s in stills if s.name not in held]
     other = [s for s in stills if s.name in held] or train
@@ -494,7 +496,12 @@ def synthesize(opts: SynthOptions, progress: bool = True, command: list[str] | N
     else:
         pools = split_stills(load_stills(opts), opts)
         total = opts.clips + opts.val_clips + opts.test_clips
-    if opts.test_clips + opts.val_clips >= total:
+    if opts.images == "eval" and (opts.clips or opts.val_clips):
+        raise SystemExit("erdn synth: --images eval makes an evaluation set of reserved photographs, never training "
+                         "data: use --clips 0 --val-clips 0 --test-clips N")
+    if opts.images == "eval" and total < 1:
+        raise SystemExit("erdn synth: --images eval needs --test-clips N (N >= 1)")
+    if opts.images != "eval" and opts.test_clips + opts.val_clips >= total:
         raise SystemExit(
             f"erdn synth: --test-clips {opts.test_clips} with --val-clips {opts.val_clips} leaves no training clip "
             f"out of {total}"
@@ -640,9 +647,8 @@ def main(argv: list[str]) -> int:
                    help="processes rendering clips from photographs at once (default 1; the same files)")
     a = p.parse_args(argv)
     opts = options_from_args(a)
-    for name in ("clips", "frames"):
-        if getattr(a, name) < 1:
-            p.error(f"--{name} must be at least 1")
+    if a.frames < 1 or a.clips < (0 if opts.images == "eval" else 1):
+        p.error("--frames and --clips must be at least 1 (--clips 0 with --images eval)")
     if opts.test_clips < 0 or opts.val_clips < 0 or opts.noise < 0 or opts.motion < 0 or opts.shake < 0:
         p.error("--test-clips, --val-clips, --noise, --motion and --shake must be >= 0")
     if not 0 <= opts.jpeg <= 95 or not 0 <= opts.h264 <= 51:
@@ -652,8 +658,10 @@ def main(argv: list[str]) -> int:
     if opts.zoom < 0 or opts.camera_noise < 0 or opts.sprites < 0:
         p.error("--zoom, --camera-noise and --sprites must be >= 0")
     root = synthesize(opts, command=argv, workers=max(1, a.workers))
-    splits = "train, val and test" if opts.val_clips else "train and test"
-    print(f"erdn synth: wrote {root} ({splits} splits, paired layout; erdn_synth.json records how)")
+    splits = "train, val and test splits" if opts.val_clips else "train and test splits"
+    if opts.images == "eval":
+        splits = "an evaluation set: test split only, from reserved photographs"
+    print(f"erdn synth: wrote {root} ({splits}, paired layout; erdn_synth.json records how)")
     return 0
 
 
