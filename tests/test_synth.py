@@ -364,6 +364,8 @@ def test_recipe_v3_sets_defaults_that_explicit_options_override(monkeypatch: pyt
     own = parsed("--recipe", "v3", "--subframes", "9", "--jpeg", "0", "--no-parallax", "--holdout", "0")
     assert own.subframe_choices == () and own.jpeg == 0 and not own.parallax and own.holdout == 0
     assert parsed().shake == 1.0 and parsed("--recipe", "v1").shake == 0.0 and parsed().images == "photos"
+    video = parsed("--recipe", "v3", "--video", "hfr.mp4")  # a video's frames are its sub-frames: one count
+    assert video.subframe_choices == () and video.subframes == 9 and video.camera_noise > 0
 
 
 def test_images_eval_makes_a_test_only_set_from_reserved_photographs(tmp_path: Path) -> None:

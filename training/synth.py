@@ -562,8 +562,8 @@ def options_from_args(a: argparse.Namespace) -> SynthOptions:
         return given if given is not None else recipe.get(name, getattr(defaults, name))
 
     subframes = a.subframes
-    if subframes is None:
-        choices = tuple(recipe.get("subframe_choices", ()))
+    if subframes is None:  # a video's sub-frames are its own frames: one count, not the recipe's list
+        choices = () if a.video else tuple(recipe.get("subframe_choices", ()))
         subframes = choices or (defaults.subframes,)
     choices = tuple(sorted(set(subframes))) if len(subframes) > 1 else ()
     return SynthOptions(
