@@ -72,7 +72,7 @@ EXTRAS = {"deblur": "video", "worker": "worker", "export": "worker", "convert": 
 
 def describe_os_error(e: OSError) -> str:
     """One line for an OSError: what went wrong, on which path, and what to check."""
-    what = e.strerror or str(e) or type(e).__name__
+    what = e.strerror or (str(e).strip().splitlines() or [type(e).__name__])[0]
     if e.filename is None:
         return what
     where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 is not None else "")

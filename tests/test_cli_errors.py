@@ -136,3 +136,16 @@ def test_worker_query_with_an_endpoint_that_cannot_work(query):
 def test_worker_negative_threads():
     line = one_line(erdn("worker", "--threads", "-1", "--endpoint", "ipc:///tmp/erdn-never.sock"), "worker")
     assert "--threads must be 0" in line
+
+
+def test_synth_from_a_file_that_is_not_a_video(tmp_path):
+    junk = tmp_path / "clip.mp4"
+    junk.write_text("not a video\n")
+    line = one_line(erdn("synth", str(tmp_path / "out"), "--video", str(junk), "--clips", "1"), "synth")
+    assert f"cannot read --video {junk} as a video" in line
+
+
+def test_an_os_error_with_a_long_message_is_still_one_line(monkeypatch, capsys):
+    fake_command(monkeypatch, OSError("Could not load meta information\n=== stderr ===\nffmpeg said things"))
+    assert cli.main(["fake"]) == 1
+    assert capsys.readouterr().err == "erdn fake: Could not load meta information\n"

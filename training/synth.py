@@ -360,10 +360,15 @@ def read_video_frames(source: str, opts: SynthOptions) -> list[np.ndarray]:
         raise SystemExit(f"erdn synth: --video {path} does not exist (give a video file or a folder of frames)")
     import imageio_ffmpeg
 
-    reader = imageio_ffmpeg.read_frames(str(path))
-    meta = next(reader)
-    fw, fh = meta["size"]
-    frames = [np.frombuffer(buf, np.uint8).reshape(fh, fw, 3).copy() for buf in reader]
+    try:
+        reader = imageio_ffmpeg.read_frames(str(path))
+        meta = next(reader)
+        fw, fh = meta["size"]
+        frames = [np.frombuffer(buf, np.uint8).reshape(fh, fw, 3).copy() for buf in reader]
+    except (OSError, RuntimeError) as e:  # imageio-ffmpeg puts ffmpeg's whole stderr in the message
+        said = [line for line in str(e).splitlines() if line.strip()]
+        raise SystemExit(f"erdn synth: cannot read --video {path} as a video ({said[-1] if said else e}); "
+                         "give a video file ffmpeg can play or a folder of frames") from None
     if not frames:
         raise SystemExit(f"erdn synth: could not decode any frame from {path}")
     return frames
