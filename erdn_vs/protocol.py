@@ -84,22 +84,19 @@ def _runtime_candidates() -> list[tuple[Path, str]]:
     return out
 
 
+def _socket_fits(directory: Path) -> bool:
+    return len(str(directory / SOCKET_NAME).encode()) <= IPC_PATH_MAX
+
+
 def runtime_dir() -> Path:
     """A directory only this user can read: $XDG_RUNTIME_DIR/erdn-vs, else /tmp/erdn-vs-$UID (mode 0700).
 
-    Holds the default ipc socket, the autostart lock and the worker log. A directory whose socket path
-    would be too long for a unix socket is skipped before anything is created in it; when none fits,
-    ValueError says where each path came from and what to set instead.
+    Holds the default ipc socket, the autostart lock, the pid files and the worker log. A directory whose
+    socket path would be too long for a unix socket is skipped before anything is created in it; when none
+    fits, the first is used for the files (they need no short path) and ``default_endpoint`` refuses.
     """
-    candidates = _runtime_candidates()
-    fits = [d for d, _ in candidates if len(str(d / SOCKET_NAME).encode()) <= IPC_PATH_MAX]
-    if not fits:
-        tried = "; ".join(f"{d / SOCKET_NAME} (from {origin}) is {len(str(d / SOCKET_NAME).encode())} bytes"
-                          for d, origin in candidates)
-        raise ValueError(f"no default worker socket fits the {IPC_PATH_MAX} bytes a unix socket path can hold: "
-                         f"{tried}; set {ENDPOINT_ENV}=ipc:///tmp/erdn-{os.getuid()}.sock (or "
-                         f"tcp://127.0.0.1:5599), pass endpoint= (erdn: --endpoint), or a shorter $TMPDIR")
-    path = fits[0]
+    candidates = [d for d, _ in _runtime_candidates()]
+    path = next((d for d in candidates if _socket_fits(d)), candidates[0])
     path.mkdir(mode=0o700, exist_ok=True)
     st = path.lstat()
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
@@ -112,7 +109,8 @@ def runtime_dir() -> Path:
 def default_endpoint() -> str:
     """$ERDN_WORKER_ENDPOINT if set, else ipc://RUNTIME_DIR/worker.sock.
 
-    Raises ValueError naming the variable or directory when the ipc path would be too long.
+    Raises ValueError naming the variable or the directories (and where each came from) when the ipc
+    path would be too long; nothing is created then.
     """
     env = os.environ.get(ENDPOINT_ENV)
     if env:
@@ -122,6 +120,13 @@ def default_endpoint() -> str:
                              f"{IPC_PATH_MAX} a unix socket path can hold; set it to a shorter one "
                              f"(ipc:///tmp/erdn-{os.getuid()}.sock) or to tcp://127.0.0.1:5599")
         return env
+    candidates = _runtime_candidates()
+    if not any(_socket_fits(d) for d, _ in candidates):
+        tried = "; ".join(f"{d / SOCKET_NAME} (from {origin}) is {len(str(d / SOCKET_NAME).encode())} bytes"
+                          for d, origin in candidates)
+        raise ValueError(f"no default worker socket fits the {IPC_PATH_MAX} bytes a unix socket path can hold: "
+                         f"{tried}; set {ENDPOINT_ENV}=ipc:///tmp/erdn-{os.getuid()}.sock (or "
+                         f"tcp://127.0.0.1:5599), pass endpoint= (erdn: --endpoint), or a shorter $TMPDIR")
     return f"ipc://{runtime_dir() / SOCKET_NAME}"
 
 

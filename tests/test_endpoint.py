@@ -116,3 +116,12 @@ def test_autostart_on_the_fallback_endpoint_serves(tmp_path, short_tmp, monkeypa
     started.wait(timeout=30)
     assert list(xdg.iterdir()) == []
     assert (short_tmp / f"erdn-vs-{os.getuid()}" / "worker.log").exists()
+
+
+def test_with_no_default_socket_a_custom_endpoint_still_has_its_files(tmp_path, monkeypatch):
+    """Lock, pid and log files need no short path: where no default socket fits, they go to the first dir."""
+    xdg = long_dir(tmp_path, "xdg-")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))
+    monkeypatch.setenv("TMPDIR", str(long_dir(tmp_path, "tmp-", 140)))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    assert P.log_path() == xdg / "erdn-vs" / "worker.log"
