@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint clean
+.PHONY: test demo lint clean gpu-wheels
 
 # Beyond PyPI: vspreview's Qt (QtMultimedia) links PulseAudio's client library, and tests/test_vspreview.py
 # runs vspreview under Xvfb, where Qt's xcb platform needs these xcb libraries.
@@ -26,6 +26,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/erdn demo
+
+# Wheels a lent GPU machine lacks, into gpu_wheels/ (ignored), to carry to it (README: GPU session).
+gpu-wheels: $(STAMP)
+	$(PY) benchmarks/gpu_wheels.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

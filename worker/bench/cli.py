@@ -188,6 +188,8 @@ def run_all(args: argparse.Namespace, sizes: list[tuple[int, int]], root: Path, 
                         section = S.throughput(b, args.backends)
                     else:
                         section = getattr(S, key)(b)
+                    section.meta = {"preset": preset, "size": f"{w}x{h}", "precision": precision,
+                                    "device": args.device}
                     print(f"{PROG}: {preset} {w}x{h} {precision} {key} done in {time.perf_counter() - t0:.1f} s",
                           file=sys.stderr)
                     out.append(section)

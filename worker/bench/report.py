@@ -27,6 +27,7 @@ class Section:
     rows: list[dict] = field(default_factory=list)  # {"label": str, metric: number, ...}
     ratios: list[Ratio] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)  # what was measured: preset, size, precision (set by the bench loop)
 
     def row(self, label: str, **metrics: float) -> dict:
         row = {"label": label, **metrics}

@@ -128,8 +128,8 @@ def direct_run(b: Bench) -> dict:
 
 
 def throughput(b: Bench, backends: list[str]) -> Section:
-    s = Section("throughput", f"1. model throughput: {b.preset} {b.size}, {b.threads} threads, {b.device} "
-                f"{b.precision}")
+    s = Section("throughput", f"1. model throughput: {b.preset} {b.size} {b.precision}, {b.threads} threads, "
+                f"{b.device}")
     for backend in backends:
         r = measure(weights=b.weights, onnx_dir=b.onnx_dir, backend=backend, width=b.width, height=b.height,
                     threads=b.threads, repeats=b.repeats, device=b.device, precision=b.precision, env=b.env)
