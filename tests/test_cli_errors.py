@@ -62,6 +62,7 @@ def test_deblur_an_output_ffmpeg_cannot_write_names_ffmpeg_not_vspipe(tmp_path):
     assert "Encoder not found" in message and "--codec" in message
 
 
+@pytest.mark.slow  # imports torch in a fresh process
 def test_convert_a_file_that_is_not_a_checkpoint(tmp_path):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"junk\n" * 20)
@@ -84,6 +85,7 @@ def test_a_missing_optional_package_names_it_and_the_install_command(tmp_path):
     assert "'torch'" in line and "pip install 'erdn-vs[worker]'" in line
 
 
+@pytest.mark.slow  # imports torch in a fresh process
 def test_a_path_the_os_refuses_is_one_line(tmp_path):
     """`erdn synth` into a place no directory can be made (under /proc): the OS error, with the path."""
     line = one_line(erdn("synth", "/proc/erdn-no-such/out", "--clips", "1", "--test-clips", "0",
@@ -120,6 +122,7 @@ def test_a_missing_module_that_is_not_optional_is_a_bug_and_keeps_its_traceback(
         cli.main(["fake"])
 
 
+@pytest.mark.slow  # imports torch in a fresh process
 def test_train_a_config_that_is_not_yaml(tmp_path):
     config = tmp_path / "broken.yaml"
     config.write_text("model:\n  preset: [lite\n")
@@ -138,6 +141,7 @@ def test_worker_negative_threads():
     assert "--threads must be 0" in line
 
 
+@pytest.mark.slow  # imports torch in a fresh process
 def test_synth_from_a_file_that_is_not_a_video(tmp_path):
     junk = tmp_path / "clip.mp4"
     junk.write_text("not a video\n")
