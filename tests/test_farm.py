@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -318,3 +319,43 @@ def test_a_variable_frame_rate_file_keeps_every_timestamp(ray_cluster, tiny_weig
                                                         "540", "640", "740"]
     assert [f[-1] for f in farm["frames"]] == [f[-1] for f in single["frames"]]  # the same pictures
     assert farm["audio"] == single["audio"]
+
+
+@pytest.mark.slow
+def test_a_killed_worker_takes_its_actor_down_and_the_chunk_is_retried(ray_cluster, clip, tiny_weights, single,
+                                                                        tmp_path):
+    src, cuts = clip
+    out, chunk_dir = tmp_path / "farm.mkv", tmp_path / "chunks"
+    proc = subprocess.Popen(deblur_cmd(src, out, tiny_weights[5], cuts, "--ray", ray_cluster.address,
+                                       "--chunk-frames", CHUNK_FRAMES, "--chunk-dir", str(chunk_dir), "--actors", "1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, scratch = farm_dirs(chunk_dir)
+        wait_for("a chunk being encoded", lambda: list(scratch.glob("actor0/chunk-*/chunk-*.mkv")), proc)
+        log = (scratch / "actor0" / "worker.log").read_text()
+        os.kill(int(re.findall(r"erdn worker pid (\d+) serving", log)[-1]), signal.SIGKILL)
+        _, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "was lost" in err and re.search(r"chunks \d running, 1 retried", err)
+    assert fingerprint(out) == single
+
+
+@pytest.mark.slow
+def test_a_failing_chunk_names_the_chunk_the_node_and_the_worker_log(ray_cluster, clip, tiny_weights, tmp_path):
+    """Weights whose header reads (the driver's probe passes) but whose tensors are cut short: the worker refuses."""
+    src, cuts = clip
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(tiny_weights[5].read_bytes()[:-4096])
+    out, chunk_dir = tmp_path / "farm.mkv", tmp_path / "chunks"
+    r = subprocess.run(deblur_cmd(src, out, broken, cuts, "--ray", ray_cluster.address, "--chunk-frames",
+                                  CHUNK_FRAMES, "--chunk-dir", str(chunk_dir)), capture_output=True, text=True,
+                       timeout=600)
+    shutil.rmtree(farm_dirs(chunk_dir, timeout=0)[1], ignore_errors=True)  # the worker logs the message names
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    named = r"erdn deblur: chunk \d \(frames \d+-\d+\) failed on node \S+ \(worker log /\S+/worker\.log there\)"
+    assert re.match(named, last), r.stderr
+    assert "broken.safetensors" in last and "Traceback" not in r.stderr
+    assert not out.exists() and not list(tmp_path.glob(".*partial*"))
