@@ -41,8 +41,8 @@ FINAL_RESERVE_S = 15.0  # kept after the training for the last export and the re
 BUDGETS = {
     "probe": (45, 120),
     "gpu_tests": (170, 600),
-    "bench_lite": (75, 240),
-    "bench_paper": (110, 120),
+    "bench_lite": (90, 240),
+    "bench_paper": (150, 120),
     "compile": (100, 150),
     "synth": (90, 180),
 }
@@ -369,7 +369,7 @@ def bench(session: Session, step: Step, seconds: float, preset: str) -> None:
                 "--only", "throughput" if preset == "paper" else "throughput,pipeline,cache"]
     else:
         args = ["--preset", preset, "--sizes", "1920x1080", "--device", "cuda", "--precision", "fp16,bf16",
-                "--frames", "8", "--compare-frames", "2", "--repeats", "3", "--threads", "4",
+                "--frames", "6", "--compare-frames", "2", "--repeats", "2", "--threads", "4",
                 "--only", "throughput,pipeline,cache"]
     workdir = session.plan.work / "b"  # short: the bench's ipc sockets live here
     workdir.mkdir(exist_ok=True)

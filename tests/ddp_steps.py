@@ -41,6 +41,8 @@ def main(argv: list[str]) -> int:
         terms = train_step(net, criterion, optimizer, blur, sharp, amp=device.type == "cuda")
         losses.append(float(terms["total"]))
     flat = torch.cat([p.detach().float().flatten() for p in model.parameters()])
+    if backend == "gloo":
+        flat = flat.cpu()  # gloo gathers CPU tensors only (its CUDA support is broadcast and all_reduce, what DDP uses)
     gathered = [torch.empty_like(flat) for _ in range(world)]
     dist.all_gather(gathered, flat)
     if rank == 0:
