@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -280,18 +281,24 @@ def test_a_killed_driver_resumes_without_rendering_finished_chunks_again(ray_clu
 
 @pytest.mark.slow
 def test_two_nodes_with_the_input_shipped_through_the_object_store(clip, tiny_weights, single, tmp_path):
-    """`ray.cluster_utils.Cluster`: two Ray nodes on this machine, one CPU slot each, --ship-input."""
+    """`ray.cluster_utils.Cluster`: two Ray nodes on this machine, one CPU slot each, reached as a Ray
+    client (ray://, as from a machine outside the cluster), --ship-input."""
     pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
     src, cuts = clip
     out = tmp_path / "farm.mkv"
-    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cluster = Cluster(initialize_head=True, connect=False,
+                      head_node_args={"num_cpus": 1, "ray_client_server_port": port})
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        r = subprocess.run(deblur_cmd(src, out, tiny_weights[5], cuts, "--ray", cluster.address, "--ship-input",
-                                      "--chunk-frames", CHUNK_FRAMES), capture_output=True, text=True, timeout=600)
+        r = subprocess.run(deblur_cmd(src, out, tiny_weights[5], cuts, "--ray", f"ray://127.0.0.1:{port}",
+                                      "--ship-input", "--chunk-frames", CHUNK_FRAMES),
+                           capture_output=True, text=True, timeout=600)
     finally:
         cluster.shutdown()
     assert r.returncode == 0, r.stderr
@@ -301,7 +308,8 @@ def test_two_nodes_with_the_input_shipped_through_the_object_store(clip, tiny_we
 
 @pytest.mark.slow
 def test_a_variable_frame_rate_file_keeps_every_timestamp(ray_cluster, tiny_weights, worker_endpoint, tmp_path):
-    """6 frames at 1/25 s then 6 at 1/10 s, in chunks of 3 that straddle the change of rate."""
+    """6 frames at 1/25 s then 6 at 1/10 s, in chunks of 3 that straddle the change of rate; `--ray auto`
+    finds the cluster as Ray does (here through RAY_ADDRESS)."""
     src = tmp_path / "vfr.mkv"
     ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-f", "lavfi", "-i",
            "aevalsrc='if(gte(t,0.44),0.5*sin(2*PI*440*t),0)':d=0.75:s=44100", "-frames:v", "12",
@@ -311,8 +319,9 @@ def test_a_variable_frame_rate_file_keeps_every_timestamp(ray_cluster, tiny_weig
     r = subprocess.run([*common, "-o", str(tmp_path / "single.mkv"), "--endpoint", worker_endpoint],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([*common, "-o", str(tmp_path / "farm.mkv"), "--ray", ray_cluster.address,
-                        "--chunk-frames", "3"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([*common, "-o", str(tmp_path / "farm.mkv"), "--ray", "auto", "--chunk-frames", "3"],
+                       capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, RAY_ADDRESS=ray_cluster.address))
     assert r.returncode == 0, r.stderr
     single, farm = fingerprint(tmp_path / "single.mkv"), fingerprint(tmp_path / "farm.mkv")
     assert farm["video_pts"] == single["video_pts"] == ["0", "40", "80", "120", "160", "200", "240", "340", "440",
