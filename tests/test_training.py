@@ -322,3 +322,18 @@ def test_checkpoint_copy_is_kept_and_resumed_in_a_fresh_run_dir(tmp_path: Path, 
     assert load_checkpoint(tmp_path / "b" / "last.ckpt")["iteration"] == 4
     assert [i for i, _ in losses(tmp_path / "b")] == ["1", "2", "3", "4"]  # the history came along
     assert load_checkpoint(kept / "last.ckpt")["iteration"] == 4
+
+
+def test_phase_two_counts_phase_one_compute(tmp_path: Path, dataset: Path) -> None:
+    """A frames=5 run started from a frames=3 run's checkpoint carries on its core-seconds, so PSNR against
+    core-hours compares the two-phase model with the 3-frame control at the compute both really cost."""
+    single = write_config(tmp_path / "a.yaml", dataset, tmp_path / "a", iterations=2,
+                          model={"preset": "tiny", "frames": 3})
+    assert main([str(single)]) == 0
+    phase1 = load_checkpoint(tmp_path / "a" / "last.ckpt")
+    assert phase1["core_seconds"] > 0
+    cascade = write_config(tmp_path / "b.yaml", dataset, tmp_path / "b", iterations=1,
+                           model={"preset": "tiny", "frames": 5, "init_from": str(tmp_path / "a" / "last.ckpt")})
+    assert main([str(cascade)]) == 0
+    phase2 = load_checkpoint(tmp_path / "b" / "last.ckpt")
+    assert phase2["core_seconds"] > phase1["core_seconds"] and phase2["train_seconds"] > phase1["train_seconds"]

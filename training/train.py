@@ -351,6 +351,10 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
             print(f"erdn train: resumed {ckpt_path} at iteration {start}", file=sys.stderr)
     elif cfg.model.init_from:
         init_from(model, cfg.model.init_from)
+        if cfg.model.init_from.endswith(".ckpt"):  # phase 2 of a run: its compute counts phase 1's too
+            phase1 = load_checkpoint(cfg.model.init_from)
+            train_seconds = float(phase1.get("train_seconds", 0.0))
+            core_seconds = float(phase1.get("core_seconds", 0.0))
         if ema is not None:
             ema.module.load_state_dict(model.state_dict())
         if main_process:
