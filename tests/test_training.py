@@ -150,6 +150,14 @@ def test_shipped_configs_load() -> None:
             three_at in (*control.keep_at, control.iterations)
         )
         assert cascade.data.root == control.data.root and cascade.data.crop == control.data.crop
+    # the v3 pair goes on anywhere: phase 1 is the control's kept iteration, committed beside its copy
+    cascade = load_config(REPO / "training" / "configs" / "lite_synth_v3.yaml")
+    control = load_config(REPO / "training" / "configs" / "lite_synth_v3_f3.yaml")
+    phase1 = control.keep_at[0]
+    assert cascade.model.init_from == f"{control.checkpoint_copy}/it{phase1}.ckpt"
+    assert abs(phase1 + 4.05 * cascade.iterations - control.iterations) < 60
+    assert (cascade.data.val_split, control.data.val_split) == ("val", "val")  # chosen on val, never on test
+    assert cascade.checkpoint_copy.startswith("training/checkpoints/") and cascade.ema and control.ema
 
 
 def test_paper_schedule_halves_every_200_epochs() -> None:
