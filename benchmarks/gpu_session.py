@@ -10,7 +10,8 @@ budget or finds no time left is recorded as failed, timeout or skipped, and the 
 
 $OUT receives gpu_session.json (every figure), gpu_session.md (the short report), rewritten after each
 step so a session cut short still returns what it had, and train_it<N>.* (see training/split_checkpoint.py).
-``--dry-run`` runs every step on the CPU at tiny sizes.
+``--dry-run`` runs every step on the CPU at tiny sizes. gpu_runner.py runs and records steps; gpu_report.py
+writes the Markdown.
 """
 
 from __future__ import annotations
@@ -23,18 +24,16 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from gpu_report import num
+from gpu_runner import JSON_NAME, MD_NAME, REPO, Plan, Session, Step, python_json, stop_group, tail
+
 RETURN_FILE_LIMIT = 16 * 2**20  # what the machine sends back: at most 8 files of 16 MiB
 RETURN_FILES = 8
-JSON_NAME, MD_NAME = "gpu_session.json", "gpu_session.md"
-SHIPPED = "worker/weights/erdn_lite_synth.safetensors"
 FINAL_RESERVE_S = 15.0  # kept after the training for the last export and the report
+SHIPPED = "worker/weights/erdn_lite_synth.safetensors"
 
 # What each step may take, in seconds: (on the GPU machine, in the dry run). The whole session is also bound
 # by its deadline, and steps before the training stop early enough to leave it min_train_s.
@@ -46,183 +45,6 @@ BUDGETS = {
     "compile": (100, 150),
     "synth": (90, 180),
 }
-
-
-class StepTimeout(Exception):
-    pass
-
-
-@dataclass
-class Step:
-    name: str
-    status: str = "pending"  # ok | failed | timeout | skipped
-    seconds: float = 0.0
-    budget_s: float = 0.0
-    headline: str = ""
-    result: dict = field(default_factory=dict)
-    error: str = ""
-    log_tail: str = ""
-
-
-@dataclass
-class Plan:
-    dry_run: bool
-    out: Path
-    work: Path
-    deadline: float  # time.time() by which everything has ended
-    started: float
-    setup_seconds: float
-    setup_status: str
-    setup_log: Path
-    train_config: str
-    train_checkpoint: str
-    train_init_from: str
-    synth_args: str
-    train_set: str
-    checkpoint_minutes: float
-    min_train_s: float
-
-
-class Session:
-    def __init__(self, plan: Plan) -> None:
-        self.plan = plan
-        self.steps: list[Step] = []
-        self.marker = f"ERDN_GPU_SESSION_STEP={os.getpid()}"
-        (plan.work / "logs").mkdir(parents=True, exist_ok=True)
-        self.env = dict(os.environ)
-        self.env["PYTHONUNBUFFERED"] = "1"
-        self.env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [self.env.get("PYTHONPATH")])])
-        if plan.dry_run:
-            self.env["ERDN_GPU_DRY_RUN"] = "1"
-            self.env["OMP_NUM_THREADS"] = "1"  # a small shared CPU: one thread per process runs fastest
-        self.facts: dict = {}  # what the probe found, for later steps
-
-    # ------------------------------------------------------------------ running steps
-
-    def remaining(self) -> float:
-        return self.plan.deadline - time.time()
-
-    def step(self, name: str, fn: Callable[[Step, float], None], budget: float, *, protect: float = 0.0,
-             need: float = 5.0) -> Step:
-        """Run ``fn(step, seconds)`` within ``budget`` seconds, leaving ``protect`` seconds before the deadline;
-        skipped when less than ``need`` seconds are left for it."""
-        step = Step(name)
-        self.steps.append(step)
-        step.budget_s = round(max(0.0, min(budget, self.remaining() - protect)), 1)
-        if step.budget_s < need:
-            step.status, step.error = "skipped", f"no time left ({step.budget_s:.0f} s of the {need:.0f} s it needs)"
-        else:
-            t0 = time.time()
-            print(f"gpu_session: {name} (budget {step.budget_s:.0f} s)", flush=True)
-            try:
-                fn(step, step.budget_s)
-                if step.status == "pending":
-                    step.status = "ok"
-            except StepTimeout as e:
-                step.status, step.error = "timeout", str(e)
-            except Exception as e:  # every failure is a finding: record it and go on
-                step.status = "failed"
-                step.error = f"{type(e).__name__}: {e}"
-                step.log_tail = (step.log_tail + "\n" + traceback.format_exc())[-3000:]
-            finally:
-                self.end_leftovers(name)
-                step.seconds = round(time.time() - t0, 1)
-        print(f"gpu_session: {name}: {step.status} in {step.seconds:.0f} s {step.headline or step.error}"[:400],
-              flush=True)
-        self.write_report()
-        return step
-
-    def run(self, step: Step, cmd: list[str], seconds: float, log_name: str | None = None,
-            env: dict[str, str] | None = None) -> int:
-        """Run ``cmd`` (its own process group) for at most ``seconds``; its output goes to a log whose tail the
-        step keeps. Raises StepTimeout when it runs out of time (the whole group is ended)."""
-        log = self.plan.work / "logs" / f"{log_name or step.name}.log"
-        full_env = dict(env or self.env)
-        full_env["ERDN_GPU_SESSION_STEP"] = f"{os.getpid()}:{step.name}"
-        step.result.setdefault("commands", []).append(shlex.join(cmd))
-        with open(log, "ab") as f:
-            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
-                                    env=full_env, start_new_session=True)
-            try:
-                rc = proc.wait(timeout=max(1.0, seconds))
-            except subprocess.TimeoutExpired:
-                stop_group(proc)
-                step.log_tail = tail(log)
-                raise StepTimeout(f"{shlex.join(cmd[:4])} ... ran past {seconds:.0f} s and was stopped") from None
-            finally:
-                stop_group(proc)  # also when this process is told to stop (SIGTERM from the script's timeout)
-        step.log_tail = tail(log)
-        return rc
-
-    def end_leftovers(self, name: str) -> None:
-        """End every process this step started that is still running (workers, DataLoader children): each
-        carries ERDN_GPU_SESSION_STEP=<our pid>:<step> in its environment."""
-        tag = f"ERDN_GPU_SESSION_STEP={os.getpid()}:{name}".encode()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                if tag in (entry / "environ").read_bytes().split(b"\0"):
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except (OSError, ProcessLookupError):
-                continue
-
-    # ------------------------------------------------------------------ the report
-
-    def write_report(self) -> None:
-        p = self.plan
-        data = {
-            "session": {"dry_run": p.dry_run, "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(p.started)),
-                        "seconds": round(time.time() - p.started, 1), "deadline_s": round(p.deadline - p.started),
-                        "train_config": p.train_config, "train_checkpoint": p.train_checkpoint,
-                        "synth_args": p.synth_args, "train_set": p.train_set},
-            "steps": [asdict(s) for s in self.steps],
-        }
-        write_atomic(p.out / JSON_NAME, json.dumps(data, indent=2, default=str))
-        write_atomic(p.out / MD_NAME, markdown(data))
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def tail(path: Path, chars: int = 2500) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return ""
-    return data[-chars:].decode(errors="replace").replace("\r", "\n")
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group, then SIGKILL what is left after 5 s."""
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def python_json(session: Session, step: Step, code: str, seconds: float) -> dict:
-    """Run ``code`` (which prints one JSON object last) in a child Python; returns the object."""
-    log = session.plan.work / "logs" / f"{step.name}.json.out"
-    rc = session.run(step, [sys.executable, "-c", code], seconds, log_name=f"{step.name}-py")
-    lines = [line for line in tail(session.plan.work / "logs" / f"{step.name}-py.log", 20000).splitlines()
-             if line.startswith("{")]
-    log.write_text("\n".join(lines))
-    if rc != 0 or not lines:
-        raise RuntimeError(f"python exited {rc}: {step.log_tail[-800:]}")
-    return json.loads(lines[-1])
 
 
 # ---------------------------------------------------------------------- steps
@@ -382,9 +204,9 @@ def bench(session: Session, step: Step, seconds: float, preset: str) -> None:
     step.result["bench"] = report
     step.result["summary"] = summary = bench_summary(report)
     step.headline = "; ".join(
-        f"{s['precision']}: model {_num(s.get('model_fps'))} fps, in order {_num(s.get('fps_cached'))} vs full "
-        f"cascade {_num(s.get('fps_full_cascade'))} fps, peak {_num(s.get('peak_mib'))} MiB, pipeline "
-        f"{_num(s.get('pipeline_efficiency'))}" for s in summary)
+        f"{s['precision']}: model {num(s.get('model_fps'))} fps, in order {num(s.get('fps_cached'))} vs full "
+        f"cascade {num(s.get('fps_full_cascade'))} fps, peak {num(s.get('peak_mib'))} MiB, pipeline "
+        f"{num(s.get('pipeline_efficiency'))}" for s in summary)
 
 
 def bench_summary(report: dict) -> list[dict]:
@@ -413,18 +235,21 @@ def compile_step(session: Session, step: Step, seconds: float) -> None:
     if session.plan.dry_run:
         args = ["--preset", "tiny", "--size", "64x48", "--device", "cpu", "--precision", "fp32",
                 "--modes", "eager,compile", "--compile-backend", "eager", "--repeats", "2"]
-    else:
+    else:  # CUDA graphs before compile: a compilation that runs out of time leaves the graphs' figures
         args = ["--preset", "lite", "--size", "1920x1080", "--device", "cuda", "--precision", "fp16",
-                "--modes", "eager,compile,cudagraph", "--repeats", "5"]
-    rc = session.run(step, [sys.executable, "benchmarks/stage_compile.py", *args, "--json", str(out)], seconds)
+                "--modes", "eager,cudagraph,compile", "--repeats", "5"]
+    try:
+        rc = session.run(step, [sys.executable, "benchmarks/stage_compile.py", *args, "--json", str(out)], seconds)
+    finally:  # the figures so far (the script writes them after each mode), also when the step ran out of time
+        if out.is_file():
+            report = json.loads(out.read_text())
+            step.result.update(report)
+            step.headline = "; ".join(
+                f"{m}: {r['fps']:.2f} fps" + (f" ({r['speedup_vs_eager']:.2f}x, set-up {r['setup_s']:.0f} s)"
+                                              if "speedup_vs_eager" in r else "")
+                if "fps" in r else f"{m}: {r['error'][:80]}" for m, r in report["modes"].items())
     if not out.is_file():
         raise RuntimeError(f"stage_compile exited {rc}")
-    report = json.loads(out.read_text())
-    step.result.update(report)
-    step.headline = "; ".join(
-        f"{m}: {r['fps']:.2f} fps" + (f" ({r['speedup_vs_eager']:.2f}x, set-up {r['setup_s']:.0f} s)"
-                                      if "speedup_vs_eager" in r else "")
-        if "fps" in r else f"{m}: {r['error'][:80]}" for m, r in report["modes"].items())
     if rc != 0:
         step.status, step.error = "failed", "a mode failed (see result.modes)"
 
@@ -466,12 +291,20 @@ def train(session: Session, step: Step, seconds: float) -> None:
         step.result["resumed_from"] = {"checkpoint": str(source), "iteration": int(state["iteration"])}
         del state
     else:
-        overrides.append(f"model.init_from={json.dumps(p.train_init_from)}")  # a quoted YAML string, "" too
-        step.result["started_from"] = p.train_init_from or "scratch"
+        init = p.train_init_from
+        if not init:  # the config's own starting point when it came along, else the shipped weights
+            from training.config import load_config
+
+            configured = load_config(p.train_config).model.init_from
+            init = configured if configured and Path(configured).is_file() else SHIPPED
+        init = "" if init == "none" else init
+        overrides.append(f"model.init_from={json.dumps(init)}")  # a quoted YAML string, "" too
+        step.result["started_from"] = init or "scratch"
         step.result["note"] = f"no checkpoint at {p.train_checkpoint!r}"
-    # ours last, so they win: the data made here, a private run folder, never writing into the repo's weights
+    # ours last, so they win: the data made here, a private run folder, and nothing written into the repo (no
+    # weights_out, no checkpoint_copy: a dry run must never touch the run's kept checkpoint)
     overrides += [f"data.root={json.dumps(str(session.facts['data']))}", f"run_dir={json.dumps(str(run_dir))}",
-                  'weights_out=""', f"checkpoint_minutes={p.checkpoint_minutes}"]
+                  'weights_out=""', 'checkpoint_copy=""', f"checkpoint_minutes={p.checkpoint_minutes}"]
     cmd = [sys.executable, "-m", "erdn_vs.cli", "train", p.train_config, "--set", *overrides]
     step.result["commands"] = [shlex.join(cmd)]
     log = p.work / "logs" / "train.log"
@@ -563,70 +396,6 @@ def training_log(path: Path) -> dict:
             "last": {k: train_rows[-1].get(k) for k in keep} if train_rows else None, "validation": val}
 
 
-# ---------------------------------------------------------------------- the Markdown report
-
-
-def markdown(data: dict) -> str:
-    s = data["session"]
-    lines = [f"# GPU session{' (dry run on the CPU)' if s['dry_run'] else ''}", "",
-             f"Started {s['started']} UTC, {s['seconds']:.0f} s of {s['deadline_s']} s. "
-             f"Training: `{s['train_config']}`.", "",
-             "| step | status | seconds | budget | result |", "|---|---|---|---|---|"]
-    for st in data["steps"]:
-        text = (st["headline"] or st["error"]).replace("|", "/").replace("\n", " ")[:300]
-        lines.append(f"| {st['name']} | {st['status']} | {st['seconds']:.0f} | {st['budget_s']:.0f} | {text} |")
-    steps = {st["name"]: st for st in data["steps"]}
-    numbers = steps.get("gpu_tests", {}).get("result", {}).get("numbers", {})
-    precision = {k: v for k, v in numbers.items() if k.startswith("precision_")}
-    if precision:
-        lines += ["", "## Precision against fp32 on the CPU (same window, outputs clamped to [0, 1])", "",
-                  "| preset, size | fp32 max diff / PSNR | fp16 | bf16 |", "|---|---|---|---|"]
-        for k, v in precision.items():
-            cells = [_diff(v.get(p, {})) for p in ("fp32", "fp16", "bf16")]
-            lines.append(f"| {k.split('_', 1)[1]} {v.get('size')} on {v.get('device')} | " + " | ".join(cells) + " |")
-    tiling = {k: v for k, v in numbers.items() if k.startswith("tiling_")}
-    if tiling:
-        lines += ["", "## Tiled against whole frame", "",
-                  "| size | tile (h, w) | max diff / PSNR | whole s | tiled s |", "|---|---|---|---|---|"]
-        for k, v in tiling.items():
-            lines.append(f"| {k.split('_', 1)[1]} | {v['tile_hw']} | {_diff(v)} | {v['whole_s']:.2f} | "
-                         f"{v['tiled_s']:.2f} |")
-    for key in ("vspipe", "training", "ddp"):
-        if key in numbers:
-            lines += ["", f"**{key}**: `{json.dumps(numbers[key], default=str)[:600]}`"]
-    bench_rows = [(name, r) for name in ("bench_lite", "bench_paper")
-                  for r in steps.get(name, {}).get("result", {}).get("summary", [])]
-    if bench_rows:
-        lines += ["", "## erdn bench at 1920x1080" if not s["dry_run"] else "## erdn bench (tiny, CPU)", "",
-                  "| preset | precision | model fps (stage reuse) | in order fps | full cascade fps | speed-up | "
-                  "peak MiB | pipeline efficiency |", "|---|---|---|---|---|---|---|---|"]
-        for name, r in bench_rows:
-            lines.append(f"| {name.split('_')[1]} | {r['precision']} | {_num(r.get('model_fps'))} | "
-                         f"{_num(r.get('fps_cached'))} | {_num(r.get('fps_full_cascade'))} | "
-                         f"{_num(r.get('cache_speedup'))} | {_num(r.get('peak_mib'))} | "
-                         f"{_num(r.get('pipeline_efficiency'))} |")
-    train_step = steps.get("train", {}).get("result", {})
-    if train_step.get("returned"):
-        prefix = sorted(train_step["returned"])[-1].split(".")[0]
-        lines += ["", "## Training", "", f"Returned: {', '.join(train_step['returned'])}. "
-                  f"Validation: {train_step.get('log', {}).get('validation', [])[-3:]}.", "",
-                  "To go on with the run here: `python -m training.split_checkpoint join OUT/" + prefix +
-                  " RUN_DIR/last.ckpt`, then `erdn train CONFIG` (its run_dir: RUN_DIR). "
-                  f"`OUT/{prefix}.model.safetensors` (and `.ema.safetensors`) are weights for `erdn eval` as they are."]
-    return "\n".join(lines) + "\n"
-
-
-def _num(v: object) -> str:
-    return "" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
-def _diff(d: dict) -> str:
-    if not d:
-        return ""
-    psnr = "identical" if d.get("psnr_db") is None else f"{d['psnr_db']:.1f} dB"
-    return f"{d['max_abs_diff']:.2e} / {psnr}"
-
-
 # ---------------------------------------------------------------------- main
 
 
@@ -647,6 +416,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--train-set", default="")
     p.add_argument("--checkpoint-minutes", type=float, default=0.5)
     p.add_argument("--min-train-s", type=float, default=150.0)
+    p.add_argument("--train-max-s", type=float, default=0.0, help="0: the training takes all the time left")
     a = p.parse_args(argv)
     plan = Plan(dry_run=a.dry_run, out=a.out, work=a.work, deadline=a.deadline, started=a.started,
                 setup_seconds=a.setup_seconds, setup_status=a.setup_status, setup_log=a.setup_log,
@@ -673,7 +443,8 @@ def main(argv: list[str]) -> int:
                  need=BUDGETS["compile"][col])  # optional: all of its budget, or not at all
     session.step("synth", lambda st, s: synth(session, st, s), BUDGETS["synth"][col],
                  protect=FINAL_RESERVE_S + 30.0)
-    session.step("train", lambda st, s: train(session, st, s), 10**6, protect=FINAL_RESERVE_S, need=20.0)
+    session.step("train", lambda st, s: train(session, st, s), a.train_max_s or 10**6, protect=FINAL_RESERVE_S,
+                 need=20.0)
     session.write_report()
     print_summary(session)
     return 0

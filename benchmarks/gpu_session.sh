@@ -16,17 +16,18 @@ dry=0
 [ "${1:-}" = "--dry-run" ] && dry=1
 
 # ------------------------------------------------------------------ what to train (keep these current)
-# The quality run to go on with: its config; its checkpoint, resumed when present (else the run starts from
-# TRAIN_INIT_FROM); the `erdn synth` options of its data (the command in the config's header, without the
-# output folder); and the GPU recipe, `erdn train --set` overrides of the config.
+# The quality run to go on with: its config; its checkpoint, resumed when present; else the weights it starts
+# from (TRAIN_INIT_FROM: empty for the config's model.init_from when that file came along, else the shipped
+# weights; "none" for none); the `erdn synth` options of its data (the command in the config's header, without
+# the output folder); and the GPU recipe, `erdn train --set` overrides of the config.
 TRAIN_CONFIG=${TRAIN_CONFIG:-training/configs/lite_synth_v3.yaml}
-[ -f "$TRAIN_CONFIG" ] || TRAIN_CONFIG=training/configs/lite_synth_v2.yaml  # until lite_synth_v3.yaml lands
 TRAIN_CHECKPOINT=${TRAIN_CHECKPOINT:-training/checkpoints/lite_synth_v3/last.ckpt}
-TRAIN_INIT_FROM=${TRAIN_INIT_FROM:-worker/weights/erdn_lite_synth.safetensors}
-SYNTH_ARGS=${SYNTH_ARGS:---clips 48 --test-clips 8 --frames 16 --size 256x256 --subframes 9 --motion 1.0 --shake 1.0 --sprites 3 --noise 0.01 --seed 2026}
+TRAIN_INIT_FROM=${TRAIN_INIT_FROM:-}
+SYNTH_ARGS=${SYNTH_ARGS:---recipe v3 --clips 64 --val-clips 8 --test-clips 8 --frames 16 --size 256x256 --seed 2027}
 TRAIN_SET=${TRAIN_SET:-batch=16 data.crop=192 data.crop_steps=[] data.workers=8 threads=4 amp=true iterations=1000000 val_every=500 log_every=20}
 CHECKPOINT_MINUTES=${CHECKPOINT_MINUTES:-0.5}  # a checkpoint to OUT at least every minute
 MIN_TRAIN_S=${MIN_TRAIN_S:-150}                # the steps before the training leave it this long
+TRAIN_MAX_S=${TRAIN_MAX_S:-0}                  # 0: the training takes all the time left
 TOTAL_S=${TOTAL_S:-540}                        # the whole script, set-up included (the run's timeout_s: 560)
 PYTHON=${GPU_PYTHON:-python3}                  # the machine's Python, with torch
 WORK=${GPU_WORK:-/tmp/erdn-gpu}                # venv, data, run folder, logs (a short path: ipc sockets)
@@ -37,11 +38,13 @@ if [ "$dry" = 1 ]; then
   PYTHON=${GPU_PYTHON:-$(command -v python3)}
   WORK=${GPU_WORK:-$(mktemp -d /tmp/erdn-gpu-XXXXXX)}
   TRAIN_CHECKPOINT=${DRY_TRAIN_CHECKPOINT:-}
-  TRAIN_INIT_FROM=""  # from scratch: the shipped weights are lite, the dry run trains tiny
+  TRAIN_INIT_FROM=none  # from scratch: the shipped weights are lite, the dry run trains tiny
   SYNTH_ARGS="--clips 2 --val-clips 1 --test-clips 1 --frames 6 --size 64x64 --subframes 3 --seed 1"
-  TRAIN_SET="model.preset=tiny batch=2 data.crop=32 data.crop_steps=[] data.workers=0 threads=1 iterations=4 val_every=4 log_every=1 checkpoint_every=2 data.val_windows=2"
+  # trains until stopped, as there: 60 s, a checkpoint every iteration (the deadline and the last-two rule at work)
+  TRAIN_SET="model.preset=tiny batch=2 data.crop=32 data.crop_steps=[] data.workers=0 threads=1 iterations=100000 val_every=100000 log_every=1 checkpoint_every=1 data.val_windows=2"
   CHECKPOINT_MINUTES=0.05
   MIN_TRAIN_S=90
+  TRAIN_MAX_S=60
 fi
 if [ -z "${OUT:-}" ]; then
   echo "gpu_session.sh: OUT is not set (the folder whose files come back); for a try here use --dry-run" >&2
@@ -61,8 +64,9 @@ setup() {
   local site
   site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))') || return 1
   # python3 may itself be a venv (/opt/torch/.venv there, .venv here); a venv made from it sees the base
-  # interpreter's packages, not its own: name its site-packages explicitly.
-  "$PYTHON" -c 'import site; print("\n".join(site.getsitepackages()))' >"$site/_machine_python.pth" || return 1
+  # interpreter's packages, not its own: add its site-packages (and their .pth files) explicitly.
+  "$PYTHON" -c 'import site; print("\n".join(f"import site; site.addsitedir({p!r})" for p in site.getsitepackages()))' \
+    >"$site/_machine_python.pth" || return 1
   "$venv/bin/python" -m pip --version || return 1
   if compgen -G "gpu_wheels/*.whl" >/dev/null; then
     "$venv/bin/python" -m pip install --no-index --no-deps --find-links gpu_wheels gpu_wheels/*.whl || return 1
@@ -89,7 +93,7 @@ args=(--out "$OUT" --work "$WORK" --deadline "$deadline" --started "$started"
       --setup-seconds "$setup_seconds" --setup-status "$setup_status" --setup-log "$setup_log"
       --train-config "$TRAIN_CONFIG" --train-checkpoint "$TRAIN_CHECKPOINT" --train-init-from "$TRAIN_INIT_FROM"
       --synth-args "$SYNTH_ARGS" --train-set "$TRAIN_SET" --checkpoint-minutes "$CHECKPOINT_MINUTES"
-      --min-train-s "$MIN_TRAIN_S")
+      --min-train-s "$MIN_TRAIN_S" --train-max-s "$TRAIN_MAX_S")
 [ "$dry" = 1 ] && args+=(--dry-run)
 left=$(python3 -c "import time; print(max(1, int($started + $TOTAL_S - time.time())))")
 PYTHONUNBUFFERED=1 timeout --kill-after=5 "$left" "$driver_python" benchmarks/gpu_session.py "${args[@]}"

@@ -98,6 +98,13 @@ def measure(model, x: torch.Tensor, mode: str, precision: str, repeats: int, com
             "outs": {i: o.float().clone() for i, o in outs.items()}}
 
 
+def write(path: Path | None, report: dict) -> None:
+    if path is not None:
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_text(json.dumps(report, indent=2))
+        tmp.replace(path)
+
+
 def main(argv: list[str]) -> int:
     from worker.bench.harness import random_weights
     from worker.model import STRIDE, load_model
@@ -131,6 +138,7 @@ def main(argv: list[str]) -> int:
         except Exception as e:  # a mode that cannot run here is a finding, not the end of the others
             report["modes"][mode] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
             print(f"stage_compile: {mode}: {type(e).__name__}: {e}", file=sys.stderr)
+            write(a.json, report)
             continue
         outs = r.pop("outs")
         r["fps"] = 1.0 / (r["stage1_s"] + r["stage2_s"])
@@ -142,8 +150,7 @@ def main(argv: list[str]) -> int:
         report["modes"][mode] = r
         print(f"stage_compile: {mode}: set-up {r['setup_s']:.1f} s, stage 1 {r['stage1_s'] * 1e3:.1f} ms, "
               f"stage 2 {r['stage2_s'] * 1e3:.1f} ms, {r['fps']:.2f} frames/s", file=sys.stderr)
-    if a.json:
-        a.json.write_text(json.dumps(report, indent=2))
+        write(a.json, report)  # after each mode: a run stopped for time keeps what it measured
     return 0 if all("error" not in r for r in report["modes"].values()) else 1
 
 

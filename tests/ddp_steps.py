@@ -24,6 +24,7 @@ def main(argv: list[str]) -> int:
     backend, preset, device_name, size = argv[0], argv[1], argv[2], int(argv[3])
     device = torch.device(device_name)
     if device.type == "cuda":
+        device = torch.device("cuda", device.index or 0)  # set_device and DDP's device_ids need an index
         torch.cuda.set_device(device)
     dist.init_process_group(backend)
     rank, world = dist.get_rank(), dist.get_world_size()

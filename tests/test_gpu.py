@@ -31,7 +31,7 @@ from worker.tiling import plan_tile, run_tiled
 
 REPO = Path(__file__).resolve().parent.parent
 DRY = os.environ.get("ERDN_GPU_DRY_RUN") == "1"
-DEVICE = torch.device("cuda" if torch.cuda.is_available() and not DRY else "cpu")
+DEVICE = torch.device("cuda:0" if torch.cuda.is_available() and not DRY else "cpu")  # an index: set_device needs one
 SHIPPED = REPO / "worker" / "weights" / "erdn_lite_synth.safetensors"
 
 pytestmark = [
@@ -224,7 +224,9 @@ def test_training_steps_with_autocast(tmp_path: Path) -> None:
     data = synthesize(SynthOptions(out=str(tmp_path / "data"), clips=2, test_clips=1, frames=6, width=64, height=64,
                                    subframes=3, seed=5), progress=False)
     iterations = 3 if DRY else 6
+    # threads: synthesize() just set torch's threads to 2, which a busy 2-core CPU runs many times slower than 1
     cfg = {"name": "gpu_steps", "run_dir": str(tmp_path / "run"), "seed": 1, "batch": 2 if DRY else 8,
+           "threads": 1 if DRY else 0,
            "iterations": iterations, "val_every": iterations, "checkpoint_every": iterations, "log_every": 1,
            "amp": True, "model": {"preset": "tiny" if DRY else "lite", "frames": 5},
            "data": {"root": str(data), "crop": 32 if DRY else 64, "val_windows": 2}}

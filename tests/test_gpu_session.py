@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from training.checkpoint import load_checkpoint
+from training.checkpoint import load_checkpoint, save_checkpoint
 from training.split_checkpoint import join_checkpoint
 from training.train import main as train_main
 from worker.model import load_model
@@ -65,10 +65,16 @@ def test_dry_run_reports_every_step_and_returns_a_checkpoint_that_resumes(short_
     assert len(files) <= 8 and all(f.stat().st_size <= 16 * 2**20 for f in files)
     assert all(re.fullmatch(r"[A-Za-z0-9._-]+", f.name) for f in files)
     states = sorted(out.glob("train_it*.state.ckpt"), key=lambda p: int(p.name.split(".")[0][len("train_it"):]))
-    assert 1 <= len(states) <= 2
+    # the training ran until the session stopped it, exporting as it went; the last two checkpoints are kept
+    train = steps["train"]["result"]
+    assert train["stopped"] in ("deadline", "the next checkpoint would land past the deadline"), train["stopped"]
+    assert len(train["exported"]) >= 2 and all("error" not in e for e in train["exported"])
+    assert len(states) == 2
     prefix = out / states[-1].name.split(".")[0]
     iteration = int(prefix.name[len("train_it"):])
-    assert steps["train"]["result"]["exported"][-1]["iteration"] == iteration > 0
+    assert [int(s.name.split(".")[0][len("train_it"):]) for s in states] == \
+        [e["iteration"] for e in train["exported"][-2:]]
+    assert iteration > 0
     assert load_model(prefix.with_name(prefix.name + ".model.safetensors")).preset == "tiny"  # weights as they are
 
     # the returned files become last.ckpt again, and erdn train resumes from it
@@ -76,7 +82,54 @@ def test_dry_run_reports_every_step_and_returns_a_checkpoint_that_resumes(short_
     join_checkpoint(prefix, run_dir / "last.ckpt")
     session = report["session"]
     overrides = [*shlex.split(session["train_set"]), f"data.root={work / 'data'}", f"run_dir={run_dir}",
-                 'weights_out=""', 'model.init_from=""', f"iterations={iteration + 1}"]
+                 'weights_out=""', 'checkpoint_copy=""', 'model.init_from=""', f"iterations={iteration + 1}"]
     assert train_main([session["train_config"], "--set", *overrides]) == 0
     assert f"resumed {run_dir / 'last.ckpt'} at iteration {iteration}" in capsys.readouterr().err
     assert int(load_checkpoint(run_dir / "last.ckpt")["iteration"]) == iteration + 1
+
+
+def test_vspipe_is_pointed_at_a_shared_libpython(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian's and Ubuntu's python3.12 is statically linked: `vapoursynth config` then records the executable,
+    which vspipe cannot load; the session points it at the shared library when the machine has one."""
+    import sysconfig
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import gpu_session
+
+    shared = Path(sysconfig.get_config_var("LIBDIR")) / (sysconfig.get_config_var("INSTSONAME") or "")
+    if not shared.is_file():
+        pytest.skip("this Python has no shared libpython")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    config = tmp_path / "vapoursynth" / "vapoursynth.toml"
+    config.parent.mkdir()
+    config.write_text('"/v/libvsscript.so" = ["/venv/bin/python","/usr/bin/python3.12","1778312176"]\n'
+                      '"/w/libvsscript.so" = ["/venv2/bin/python","/lib/libpython3.12.so.1.0","5"]\n')
+    assert str(shared) in gpu_session.fix_vsscript_config()
+    import tomllib
+
+    assert tomllib.loads(config.read_text()) == {
+        "/v/libvsscript.so": ["/venv/bin/python", str(shared), "1778312176"],
+        "/w/libvsscript.so": ["/venv2/bin/python", "/lib/libpython3.12.so.1.0", "5"],
+    }
+    assert gpu_session.fix_vsscript_config() == ""  # nothing left to fix
+
+
+def test_only_the_last_two_checkpoints_stay_in_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_split_checkpoint import training_checkpoint
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import gpu_session
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for it in (100, 250, 1200):  # 1200 > 250 > 100: ordered by iteration, not by name
+        state = load_checkpoint(training_checkpoint(tmp_path / "last.ckpt", "tiny", ema=True))
+        state["iteration"] = it
+        save_checkpoint(state, tmp_path / "last.ckpt")
+        entry = gpu_session.export_checkpoint(tmp_path / "last.ckpt", out, at_s=1.0)
+        assert entry["iteration"] == it and "error" not in entry
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"train_it{it}.{part}" for it in (1200, 250) for part in ("ema.safetensors", "model.safetensors", "state.ckpt")]
+    monkeypatch.setattr(gpu_session, "RETURN_FILE_LIMIT", 1000)  # a file that could not come back is not kept
+    entry = gpu_session.export_checkpoint(tmp_path / "last.ckpt", tmp_path / "other", at_s=2.0)
+    assert "over the 16 MiB" in entry["error"] and list((tmp_path / "other").iterdir()) == []
