@@ -23,8 +23,9 @@ def training_checkpoint(path: Path, preset: str, ema: bool) -> Path:
     for p in model.parameters():
         p.grad = torch.randn_like(p)
     opt.step()
-    state = {"model": {k: v.clone() for k, v in model.state_dict().items()}, "optimizer": opt.state_dict(), "rng": rng_state(), "iteration": 1200,
-             "best_psnr": 30.5, "best_iteration": 1100, "preset": preset, "frames": 5, "train_seconds": 99.5}
+    state = {"model": {k: v.clone() for k, v in model.state_dict().items()}, "optimizer": opt.state_dict(),
+             "rng": rng_state(), "iteration": 1200, "best_psnr": 30.5, "best_iteration": 1100, "preset": preset,
+             "frames": 5, "train_seconds": 99.5}
     if ema:
         averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.999), use_buffers=True)
         with torch.no_grad():
