@@ -88,6 +88,13 @@ def test_half_precision_needs_cuda(capsys) -> None:
     assert "--precision fp16 and bf16 need --device cuda" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("text", ["0", "-1", "two"])
+def test_threads_are_positive_or_default(capsys, text) -> None:
+    with pytest.raises(SystemExit):
+        bench_cli.main(["--threads", f"1,{text}"])
+    assert "threads are a positive number or 'default'" in capsys.readouterr().err
+
+
 def test_too_short_clip_is_refused(capsys) -> None:
     assert bench_cli.main(["--frames", "2"]) == 2
     assert "--frames must be at least 3" in capsys.readouterr().err
@@ -140,6 +147,31 @@ def test_bench_runs_every_section_with_sane_figures(tmp_path, capsys, isolated_r
     diffs = [r["max_abs_diff"] for key in ("cache", "vsmlrt") for r in sections[key]["rows"] if "max_abs_diff" in r]
     assert len(diffs) == 2 and max(diffs) < 1e-4
     assert _bench_processes(isolated_runtime_dir) == []  # the worker and all else the bench started are gone
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not VSPIPE.exists(), reason=f"vspipe not found next to {sys.executable}")
+def test_bench_runs_pinned_and_default_threads_on_fresh_workers(tmp_path, capsys, isolated_runtime_dir) -> None:
+    """Both thread settings render the same clip side by side, each on a worker that has cached nothing (every
+    render computes its stages: 2n + 2 for n frames), and each gets its own vs-mlrt ratio."""
+    w, h, n = 64, 48, 3
+    out = tmp_path / "bench.json"
+    assert bench_cli.main(["--preset", "tiny", "--sizes", f"{w}x{h}", "--frames", str(n), "--compare-frames", "2",
+                           "--only", "pipeline,vsmlrt", "--threads", "1,default", "--repeats", "1",
+                           "--workdir", str(isolated_runtime_dir), "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    sections = json.loads(out.read_text())["sections"]
+    labels = [(s["key"], s["meta"]["threads"]) for s in sections]
+    default = labels[2][1]
+    assert default.startswith("default threads (") and labels == [
+        ("pipeline", "1 thread"), ("vsmlrt", "1 thread"), ("pipeline", default), ("vsmlrt", default)]
+    for s in sections:
+        if s["key"] == "pipeline":
+            for row in s["rows"][:2]:  # vspipe, then Session.process: each on a fresh worker
+                assert row["stage_evals_per_frame"] == pytest.approx((2 * n + 2) / n), row
+    for threads in ("1 thread", default):  # each setting's vs-mlrt ratio in the targets summary
+        assert f" deblur vs vs-mlrt ({threads}): " in table.split("== targets")[1]
+    assert _bench_processes(isolated_runtime_dir) == []
 
 
 def test_official_needs_the_paper_preset(capsys, tmp_path) -> None:

@@ -96,6 +96,10 @@ def serve_main(argv: list[str]) -> int:
                           max_batch=args.max_batch, manifest=args.manifest, batch_window_ms=args.batch_window_ms,
                           threads=args.threads, max_frame_pixels=args.max_frame_pixels, max_queue=args.max_queue,
                           max_queue_mb=args.max_queue_mb, curve=args.curve)
+    from .cpu_runtime import configure
+
+    # Before the compute thread imports torch and before any thread allocates (see worker.cpu_runtime).
+    logging.getLogger("erdn.worker").info("process settings: %s", configure())
     try:
         return Server(config).serve()
     except EndpointInUse as e:

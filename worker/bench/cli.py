@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -24,6 +25,19 @@ def _size(text: str) -> tuple[int, int]:
     if w < 8 or h < 8:
         raise argparse.ArgumentTypeError(f"size {text!r}: width and height must be at least 8")
     return w, h
+
+
+def _threads(text: str) -> int:
+    """``default`` (0: the runtimes' own defaults, what a user gets) or a positive thread count."""
+    if text == "default":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"threads are a positive number or 'default', got {text!r}")
+    return value
 
 
 def _list(kind, allowed: tuple[str, ...] | None = None):
@@ -58,9 +72,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", type=_list(str, ("torch", "onnx")), default=["torch", "onnx"],
                    help="backends of the throughput section (default torch,onnx)")
     p.add_argument("--repeats", type=int, default=3, help="repetitions (medians) of stage timings and starts")
-    p.add_argument("--threads", type=int, default=1,
-                   help="intra-op threads of torch and onnxruntime, in the worker and the measuring processes "
-                   "(default 1: on a busy 2-core machine, 2 threads ran 1.6-3x slower)")
+    p.add_argument("--threads", type=_list(_threads), default=[1, 0],
+                   help="intra-op threads of torch and onnxruntime in the worker and the measuring processes, "
+                   "comma-separated; each setting runs every section: 'default' is what a user gets (the worker's "
+                   "defaults; the bench sets no OMP_NUM_THREADS), a number pins it (default 1,default)")
     p.add_argument("--worker-backend", choices=["torch", "onnx"], default="torch",
                    help="the worker's --backend in the pipeline, cache and vs-mlrt sections (default torch)")
     p.add_argument("--vs-threads", type=int, default=0, help="VapourSynth core.num_threads (0: its default)")
@@ -83,7 +98,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    for name in ("frames", "compare_frames", "repeats", "threads", "batch"):
+    for name in ("frames", "compare_frames", "repeats", "batch"):
         if getattr(args, name) < 1:
             print(f"{PROG}: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
@@ -93,8 +108,12 @@ def main(argv: list[str]) -> int:
     if args.frames < 3:
         print(f"{PROG}: --frames must be at least 3 (a 5-frame window needs a clip to slide over)", file=sys.stderr)
         return 2
+    from worker.cpu_runtime import configure
+
+    configure()  # the worker's own process settings, also for the baselines this process runs
     import torch
 
+    default_threads = torch.get_num_threads()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(f"{PROG}: --device {args.device}: no CUDA GPU here; use --device cpu", file=sys.stderr)
         return 2
@@ -116,7 +135,7 @@ def main(argv: list[str]) -> int:
     root = Path(tempfile.mkdtemp(prefix="erdn-bench-", dir=args.workdir))
     saved_env = {k: os.environ.get(k) for k in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME")}
     try:
-        sections = run_all(args, sizes, root, vspipe)
+        sections = run_all(args, sizes, root, vspipe, default_threads)
     except (BenchError, VspipeError, OfficialError, RuntimeError) as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 1
@@ -128,7 +147,8 @@ def main(argv: list[str]) -> int:
                 os.environ[k] = v
         shutil.rmtree(root, ignore_errors=True)
     header = [f"erdn bench: presets {','.join(args.preset)}, sizes {','.join(f'{w}x{h}' for w, h in sizes)}, "
-              f"{args.frames} frames (baselines {args.compare_frames}), threads {args.threads}, "
+              f"{args.frames} frames (baselines {args.compare_frames}), "
+              f"threads {','.join(str(t or 'default') for t in args.threads)} (default: {default_threads}), "
               f"worker backend {args.worker_backend}, VapourSynth threads {args.vs_threads or 'default'}, "
               f"batch {args.batch}, device {args.device}, precision {','.join(args.precision)}, "
               f"{os.cpu_count()} CPUs, torch {torch.__version__}; random weights (seed {args.seed}): speed, "
@@ -143,7 +163,8 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def run_all(args: argparse.Namespace, sizes: list[tuple[int, int]], root: Path, vspipe: str) -> list:
+def run_all(args: argparse.Namespace, sizes: list[tuple[int, int]], root: Path, vspipe: str,
+            default_threads: int) -> list:
 
     from worker.export import export_weights
 
@@ -152,7 +173,7 @@ def run_all(args: argparse.Namespace, sizes: list[tuple[int, int]], root: Path, 
     from .vspipe import write_scripts
 
     (root / "run").mkdir(mode=0o700)
-    env = child_env(root, args.threads)
+    env = child_env(root, 0)
     os.environ["XDG_RUNTIME_DIR"] = env["XDG_RUNTIME_DIR"]  # this process's client: locks and log in there too
     os.environ["XDG_CACHE_HOME"] = env["XDG_CACHE_HOME"]
     deblur_vpy, vsmlrt_vpy = write_scripts(root)
@@ -172,13 +193,14 @@ def run_all(args: argparse.Namespace, sizes: list[tuple[int, int]], root: Path, 
             t0 = time.perf_counter()
             export_weights(weights, onnx_dir)
             print(f"{PROG}: exported {preset} to ONNX in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        for (w, h), precision in [(size, p) for size in sizes for p in args.precision]:
-            b = Bench(root=root, env=env, endpoint=f"ipc://{root}/run/bench.sock", vspipe=vspipe,
-                      deblur_vpy=deblur_vpy, vsmlrt_vpy=vsmlrt_vpy, preset=preset, width=w, height=h,
+        for (w, h), precision, threads in itertools.product(sizes, args.precision, args.threads):
+            b = Bench(root=root, env=child_env(root, threads), endpoint=f"ipc://{root}/run/bench.sock",
+                      vspipe=vspipe, deblur_vpy=deblur_vpy, vsmlrt_vpy=vsmlrt_vpy, preset=preset, width=w, height=h,
                       length=args.frames, compare_frames=args.compare_frames, repeats=args.repeats,
-                      threads=args.threads, backend=args.worker_backend, vs_threads=args.vs_threads, batch=args.batch,
-                      device=args.device, precision=precision, weights=weights, onnx_dir=onnx_dir,
-                      pair_forward="cache" in args.only, pair_vsmlrt="vsmlrt" in args.only, official=official)
+                      threads=threads, default_threads=default_threads, backend=args.worker_backend,
+                      vs_threads=args.vs_threads, batch=args.batch, device=args.device, precision=precision,
+                      weights=weights, onnx_dir=onnx_dir, pair_forward="cache" in args.only,
+                      pair_vsmlrt="vsmlrt" in args.only, official=official)
             try:
                 for key in SECTIONS:
                     if key not in args.only:
@@ -189,9 +211,9 @@ def run_all(args: argparse.Namespace, sizes: list[tuple[int, int]], root: Path, 
                     else:
                         section = getattr(S, key)(b)
                     section.meta = {"preset": preset, "size": f"{w}x{h}", "precision": precision,
-                                    "device": args.device}
-                    print(f"{PROG}: {preset} {w}x{h} {precision} {key} done in {time.perf_counter() - t0:.1f} s",
-                          file=sys.stderr)
+                                    "device": args.device, "threads": b.threads_label}
+                    print(f"{PROG}: {preset} {w}x{h} {precision} {b.threads_label} {key} done in "
+                          f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
                     out.append(section)
             finally:
                 b.stop_worker()

@@ -19,6 +19,8 @@ import numpy as np
 from .clip import pattern_frame
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: Seconds a stopping worker may take to exit: a hang guard (30 s was too short at load average 10 on 2 cores).
+STOP_TIMEOUT = 180.0
 
 
 def random_weights(preset: str, seed: int, path: Path) -> Path:
@@ -49,13 +51,15 @@ class BenchError(RuntimeError):
 
 def child_env(root: Path, threads: int) -> dict[str, str]:
     """Environment of vspipe, the worker and the measuring children: private runtime and cache dirs,
-    this checkout importable, and ``threads`` intra-op threads for any torch or OpenMP runtime."""
+    this checkout importable, and ``threads`` intra-op threads for any torch or OpenMP runtime (0: the
+    environment's own setting, as a user has it)."""
     env = dict(os.environ)
     env.pop("ERDN_WORKER_ENDPOINT", None)
     env["XDG_RUNTIME_DIR"] = str(root / "run")
     env["XDG_CACHE_HOME"] = str(root / "cache")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    env["OMP_NUM_THREADS"] = str(threads)  # an autostarted worker takes its torch threads from here
+    if threads > 0:
+        env["OMP_NUM_THREADS"] = str(threads)  # an autostarted worker takes its torch threads from here
     return env
 
 
@@ -75,7 +79,8 @@ class Bench:
     length: int  # frames rendered through the worker
     compare_frames: int  # frames rendered by the stateless baselines (forward, vs-mlrt)
     repeats: int
-    threads: int  # the worker's torch intra-op threads
+    threads: int  # intra-op threads of the worker and the measuring processes (0: their defaults)
+    default_threads: int  # torch's default intra-op threads here (what 0 gives)
     backend: str  # the worker's --backend (torch or onnx)
     vs_threads: int  # VapourSynth's core.num_threads (0: its default)
     batch: int  # erdn_vs.deblur's batch (requests in flight)
@@ -90,6 +95,17 @@ class Bench:
     memo: dict = field(default_factory=dict)  # measurements that several sections use
     _worker: subprocess.Popen | None = None
     _frames: list[np.ndarray] | None = None
+
+    @property
+    def threads_label(self) -> str:
+        if self.threads == 0:
+            return f"default threads ({self.default_threads})"
+        return f"{self.threads} thread{'s' if self.threads > 1 else ''}"
+
+    @property
+    def measure_threads(self) -> int:
+        """Intra-op threads of the baselines this process runs (the default when not pinned)."""
+        return self.threads or self.default_threads
 
     @property
     def size(self) -> str:
@@ -133,7 +149,7 @@ class Bench:
             return
         log = open(self.root / "worker.log", "ab")  # noqa: SIM115 (the child holds it)
         self._worker = subprocess.Popen(
-            [sys.executable, "-m", "worker", "--endpoint", self.endpoint, "--threads", str(self.threads),
+            [sys.executable, "-m", "worker", "--endpoint", self.endpoint, "--threads", str(self.threads),  # 0: default
              "--device", self.device, "--backend", self.backend, "--idle-timeout", "1800"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=self.env)
         log.close()
@@ -167,17 +183,17 @@ class Bench:
                     c.shutdown()
             except WorkerError:
                 pass
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + STOP_TIMEOUT
             while _alive(pid) and time.monotonic() < deadline:
                 if self._worker is not None and self._worker.pid == pid:
                     self._worker.poll()  # reap our own child
                 time.sleep(0.05)
             if _alive(pid):
-                raise BenchError(f"the worker (pid {pid}) did not stop within 30 s")
+                raise BenchError(f"the worker (pid {pid}) did not stop within {STOP_TIMEOUT:g} s")
         if self._worker is not None:
             if self._worker.poll() is None:
                 self._worker.terminate()
-            self._worker.wait(timeout=30)
+            self._worker.wait(timeout=STOP_TIMEOUT)
             self._worker = None
 
 

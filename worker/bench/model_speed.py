@@ -54,11 +54,15 @@ class PeakRss:
 
 def child_main(spec_json: str) -> int:
     """Time stage 1 and stage 2 on one random triplet; print one JSON line."""
+    from worker.cpu_runtime import configure
+
+    configure()  # the worker's process settings, before torch loads
     import numpy as np
     import torch
 
     spec = json.loads(spec_json)
-    torch.set_num_threads(spec["threads"])
+    if spec["threads"] > 0:  # else torch's default, as the worker has it
+        torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     h, w = (-(-spec["height"] // 8) * 8, -(-spec["width"] // 8) * 8)
     x = torch.rand(1, 3, 3, h, w, generator=torch.Generator().manual_seed(0))

@@ -61,8 +61,11 @@ def format_table(sections: list[Section], header: list[str]) -> str:
             note = f"  [{r.note}]" if r.note else ""
             lines.append(f"  -> {r.name:<31s} {_number(r.value)}x{target} {r.status}{note}")
         lines += [f"  note: {n}" for n in s.notes]
-    summary = [r for s in sections for r in s.ratios if r.target is not None]
+    # A section measured at a given thread setting says which, so pinned and default runs stay apart.
+    summary = [(r, f" ({s.meta['threads']})" if "threads" in s.meta else "")
+               for s in sections for r in s.ratios if r.target is not None]
     if summary:
         lines += ["", "== targets"]
-        lines += [f"  {r.status:4s} {r.name}: {_number(r.value)}x, target >= {r.target:g}x" for r in summary]
+        lines += [f"  {r.status:4s} {r.name}{where}: {_number(r.value)}x, target >= {r.target:g}x"
+                  for r, where in summary]
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from .vspipe import read_rgbs, run_vspipe
 
 CACHE_TARGET = 1.8
 PIPELINE_TARGET = 0.95
-VSMLRT_TARGET = 1.8
+VSMLRT_TARGET = 2.0
 START_TARGET = 10.0
 PAPER_TARGET = 2.5
 
@@ -128,7 +128,7 @@ def direct_run(b: Bench) -> dict:
 
 
 def throughput(b: Bench, backends: list[str]) -> Section:
-    s = Section("throughput", f"1. model throughput: {b.preset} {b.size} {b.precision}, {b.threads} threads, "
+    s = Section("throughput", f"1. model throughput: {b.preset} {b.size} {b.precision}, {b.threads_label}, "
                 f"{b.device}")
     for backend in backends:
         r = measure(weights=b.weights, onnx_dir=b.onnx_dir, backend=backend, width=b.width, height=b.height,
@@ -148,7 +148,7 @@ def throughput(b: Bench, backends: list[str]) -> Section:
 
 def pipeline(b: Bench) -> Section:
     s = Section("pipeline", f"2. pipeline efficiency: {b.preset} {b.size} {b.precision}, {b.length} frames, "
-                f"worker {b.backend} threads {b.threads}, VapourSynth threads {b.vs_threads or 'default'}, "
+                f"worker {b.backend} {b.threads_label}, VapourSynth threads {b.vs_threads or 'default'}, "
                 f"batch {b.batch}")
     vs_run, direct = deblur_run(b), direct_run(b)
     run, vd = vs_run["run"], vs_run["delta"]
@@ -191,7 +191,7 @@ def forward_per_frame(b: Bench) -> dict:
 def _forward_runner(b: Bench):
     import torch
 
-    torch.set_num_threads(b.threads)
+    torch.set_num_threads(b.measure_threads)
     return _onnx_window(b) if b.backend == "onnx" else _torch_forward(b)
 
 
@@ -218,7 +218,7 @@ def _onnx_window(b: Bench):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = b.threads
+    options.intra_op_num_threads = b.measure_threads
     options.log_severity_level = 3
     sess = ort.InferenceSession(str(b.onnx_dir / "window.onnx"), options, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
@@ -246,7 +246,7 @@ def cache(b: Bench) -> Section:
                           f"for {b.length} frames"))
     baseline = "window.onnx in onnxruntime" if b.backend == "onnx" else "the model's forward"
     when = "each right after the worker's run of that frame" if forward["paired"] else "after the worker's run"
-    s.notes.append(f"'without' is {baseline} in the bench process ({b.threads} threads), median of frames "
+    s.notes.append(f"'without' is {baseline} in the bench process ({b.measure_threads} threads), median of frames "
                    f"{','.join(map(str, picks))}, {when}; its cost does not depend on the frame")
     official = b.memo.get("official")
     if official is not None:
@@ -281,8 +281,8 @@ def _max_diff(direct: dict, baseline: dict) -> float:
 
 def vsmlrt(b: Bench) -> Section:
     k = min(b.compare_frames, b.length)
-    s = Section("vsmlrt", f"4. vs-mlrt (core.ort.Model, CPU) on window.onnx vs erdn_vs.deblur ({b.backend} worker): "
-                f"{b.preset} {b.size}")
+    s = Section("vsmlrt", f"4. vs-mlrt (core.ort.Model, CPU) on window.onnx vs erdn_vs.deblur ({b.backend} worker, "
+                f"{b.threads_label}): {b.preset} {b.size}")
     ours = deblur_run(b)
     parts = b.memo.get("vsmlrt") or [_vsmlrt_part(b, 0, k - 1)]
     seconds = sum(p["frames"] / p["run"].fps for p in parts)
@@ -296,8 +296,9 @@ def vsmlrt(b: Bench) -> Section:
     s.ratios.append(Ratio("deblur vs vs-mlrt", ours["run"].fps / theirs_fps, VSMLRT_TARGET))
     when = "half just before and half just after deblur's run" if len(parts) > 1 else "after deblur's run"
     s.notes.append(f"same clip, same weights, both through vspipe; vs-mlrt renders {k} frames ({when}; its cost "
-                   "per frame does not depend on the clip), deblur the whole clip, edges included; onnxruntime in "
-                   "vs-mlrt sizes its own thread pool (all cores)")
+                   "per frame does not depend on the clip), deblur the whole clip, edges included, on a worker "
+                   "started for this run (nothing cached); onnxruntime in vs-mlrt sizes its own thread pool (all "
+                   "cores) whatever the bench's threads")
     return s
 
 
@@ -305,7 +306,7 @@ def vsmlrt(b: Bench) -> Section:
 
 
 def start(b: Bench) -> Section:
-    s = Section("start", f"5. first frame: {b.preset} {b.size} (vspipe, whole process, one frame)")
+    s = Section("start", f"5. first frame: {b.preset} {b.size}, {b.threads_label} (vspipe, whole process, one frame)")
     cold, reload, unseen = [], [], []
     # Frames 5 apart share no stage-1 triplet: each "unseen" frame finds nothing of its window in the cache.
     far = [5 * (r + 1) for r in range(b.repeats)]
@@ -323,7 +324,7 @@ def start(b: Bench) -> Section:
     s.ratios.append(Ratio("cold / warm first frame, script reloaded", cold_s / reload_s, START_TARGET))
     s.ratios.append(Ratio("cold / warm first frame, new frames", cold_s / unseen_s, START_TARGET))
     s.notes.append(f"medians of {b.repeats}; each vspipe run is a new process and a new worker session; the worker "
-                   f"is autostarted by erdn_vs.deblur with its defaults (torch backend; OMP_NUM_THREADS={b.threads}). "
+                   f"is autostarted by erdn_vs.deblur with its defaults ({b.threads_label}). "
                    "A reloaded script's frames are answered from the worker's content-keyed cache (no stage "
                    "evaluated); a frame never seen costs its window's 4 stage evaluations")
     return s
