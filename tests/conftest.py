@@ -15,6 +15,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Most tests compare the worker's output with the fp32 model to 1e-5, so every worker they start computes
+# precision="auto" in fp32 even on a CPU with native bf16, where users get bf16. The bf16 default itself is
+# tested in test_cpu_precision.py, which removes this for its own workers.
+os.environ["ERDN_CPU_PRECISION"] = "fp32"
+
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_runtime_dir():

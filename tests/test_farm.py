@@ -147,6 +147,38 @@ def test_plan_refuses_empty_ranges_and_sizes():
         plan_chunks(5, 5, 10)
 
 
+class _FlakyRay:
+    """Stands in for the ray module: init fails ``failures`` times the way a busy Ray client server does."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.inits, self.shutdowns = failures, 0, 0
+
+    def init(self, **kwargs) -> None:
+        self.inits += 1
+        if self.inits <= self.failures:
+            raise ConnectionAbortedError("Initialization failure from server:\nTraceback ...")
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+def test_ray_client_connection_is_retried_when_the_server_was_not_ready(monkeypatch):
+    from erdn_vs.farm import driver
+
+    monkeypatch.setattr(driver.time, "sleep", lambda s: None)
+    ray = _FlakyRay(failures=driver.CLIENT_CONNECT_TRIES - 1)
+    driver._connect(ray, "ray://127.0.0.1:10001")
+    assert (ray.inits, ray.shutdowns) == (driver.CLIENT_CONNECT_TRIES, driver.CLIENT_CONNECT_TRIES - 1)
+    ray = _FlakyRay(failures=driver.CLIENT_CONNECT_TRIES)
+    with pytest.raises(render.RenderError, match=r"^cannot start or reach the Ray cluster at 'ray://127.0.0.1:10001': "
+                       r"Initialization failure from server:; start one"):
+        driver._connect(ray, "ray://127.0.0.1:10001")
+    ray = _FlakyRay(failures=1)  # not a Ray client address: nothing to retry
+    with pytest.raises(render.RenderError, match="cannot start or reach the Ray cluster at '10.0.0.1:6379'"):
+        driver._connect(ray, "10.0.0.1:6379")
+    assert ray.inits == 1
+
+
 def test_store_keeps_a_chunk_only_with_all_its_frames(tmp_path):
     video = tmp_path / "three.nut"
     ffmpeg("-f", "lavfi", "-i", "testsrc2=size=32x32:rate=24", "-frames:v", "3", "-c:v", "ffv1", str(video))
@@ -280,11 +312,16 @@ def test_a_killed_driver_resumes_without_rendering_finished_chunks_again(ray_clu
 
 
 @pytest.mark.slow
-def test_two_nodes_with_the_input_shipped_through_the_object_store(clip, tiny_weights, single, tmp_path):
+def test_two_nodes_with_the_input_shipped_through_the_object_store(clip, tiny_weights, single, tmp_path,
+                                                                    monkeypatch):
     """`ray.cluster_utils.Cluster`: two Ray nodes on this machine, one CPU slot each, reached as a Ray
     client (ray://, as from a machine outside the cluster), --ship-input."""
     pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
+
+    # The head's client server gives the process it starts per client 30 s to come up; a loaded 2-core CI
+    # machine can take longer ("Initialization failure from server"). The head reads this when it starts.
+    monkeypatch.setenv("RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S", "300")
 
     src, cuts = clip
     out = tmp_path / "farm.mkv"

@@ -216,7 +216,7 @@ class SessionManager:
         try:
             weights = resolve(spec.model, spec.weights, self.manifest)
             device = resolve_device(spec.device, self.default_device)
-            precision = resolve_precision(spec.precision, device)
+            precision = resolve_precision(spec.precision, device, self.backend_kind)
         except ModelNotFound as e:
             raise P.ProtocolError(P.MODEL_ERROR, str(e)) from None
         except BackendError as e:

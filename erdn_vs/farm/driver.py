@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .. import render, source
 from ..manifest import load_manifest
@@ -150,14 +150,32 @@ def _identity(args: argparse.Namespace, job: ChunkJob, chunks: list[Chunk]) -> d
     }
 
 
+#: Tries of a Ray client (ray://) connection the server refused while starting its per-client process.
+CLIENT_CONNECT_TRIES = 3
+
+
 def _connect(ray: Any, address: str) -> None:
-    try:
-        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False,
-                 **({"include_dashboard": False} if address == "local" else {}))
-    except Exception as e:  # noqa: BLE001 (Ray raises ConnectionError, RuntimeError, ValueError...)
-        where = "a local Ray instance" if address == "local" else f"the Ray cluster at {address!r}"
-        raise RenderError(f"cannot start or reach {where}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
-                          "start one with `ray start --head`, or use --ray alone for a local one") from None
+    for attempt in range(1, CLIENT_CONNECT_TRIES + 1):
+        try:
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False,
+                     **({"include_dashboard": False} if address == "local" else {}))
+            return
+        except ConnectionAbortedError as e:
+            # A Ray client server answers "Initialization failure from server" when the process it starts
+            # for each client is not ready within its 30 s (RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S on
+            # the head), as on a busy head node; a new connection usually finds it up.
+            if attempt == CLIENT_CONNECT_TRIES or not address.startswith("ray://"):
+                _refuse(address, e)
+            ray.shutdown()  # drop the half-made client connection before the next try
+            time.sleep(2.0 * attempt)
+        except Exception as e:  # noqa: BLE001 (Ray raises ConnectionError, RuntimeError, ValueError...)
+            _refuse(address, e)
+
+
+def _refuse(address: str, e: Exception) -> NoReturn:
+    where = "a local Ray instance" if address == "local" else f"the Ray cluster at {address!r}"
+    raise RenderError(f"cannot start or reach {where}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
+                      "start one with `ray start --head`, or use --ray alone for a local one") from None
 
 
 def _ship(ray: Any, key: str, job: ChunkJob, input_path: Path) -> Shipped:

@@ -82,8 +82,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=2, help="erdn_vs.deblur batch: requests in flight (default 2)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--precision", type=_list(str, PRECISIONS), default=["auto"],
-                   help="precision(s) of the torch backend, comma-separated: auto (fp16 on CUDA, fp32 on the CPU), "
-                   "fp32, fp16, bf16 (autocast, as the worker runs them; fp16 and bf16 need --device cuda)")
+                   help="precision(s) of the torch backend, comma-separated: auto (the worker's default: fp16 on CUDA; "
+                   "on the CPU bf16 where it has native bf16, else fp32), fp32, fp16, bf16 (autocast, as the "
+                   "worker runs them; fp16 needs --device cuda)")
     p.add_argument("--official", type=Path, default=None, metavar="PATH",
                    help="paper preset: a checkout of the official ERDN code (github.com/TencentCloud/ERDN, used "
                    "unchanged, on the CPU); the cache section then runs its forward side by side with our "
@@ -117,8 +118,8 @@ def main(argv: list[str]) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(f"{PROG}: --device {args.device}: no CUDA GPU here; use --device cpu", file=sys.stderr)
         return 2
-    if not args.device.startswith("cuda") and {"fp16", "bf16"} & set(args.precision):
-        print(f"{PROG}: --precision fp16 and bf16 need --device cuda; use fp32 on the CPU", file=sys.stderr)
+    if not args.device.startswith("cuda") and "fp16" in args.precision:
+        print(f"{PROG}: --precision fp16 needs --device cuda; use fp32 or bf16 on the CPU", file=sys.stderr)
         return 2
     sizes = args.sizes or [(640, 360), (1280, 720)] + ([(1920, 1080)] if args.device.startswith("cuda") else [])
     from erdn_vs.render import RenderError, vspipe_exe

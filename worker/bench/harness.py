@@ -103,6 +103,17 @@ class Bench:
         return f"{self.threads} thread{'s' if self.threads > 1 else ''}"
 
     @property
+    def precision_label(self) -> str:
+        """The precision as asked, and what the worker resolves it to on this machine: 'auto (bf16)'."""
+        import torch
+
+        from worker.backends import resolve_precision
+
+        device = torch.device(self.device if self.device.startswith("cuda") else "cpu")
+        resolved = resolve_precision(self.precision, device, self.backend)
+        return self.precision if resolved == self.precision else f"{self.precision} ({resolved})"
+
+    @property
     def measure_threads(self) -> int:
         """Intra-op threads of the baselines this process runs (the default when not pinned)."""
         return self.threads or self.default_threads

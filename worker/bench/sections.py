@@ -128,7 +128,7 @@ def direct_run(b: Bench) -> dict:
 
 
 def throughput(b: Bench, backends: list[str]) -> Section:
-    s = Section("throughput", f"1. model throughput: {b.preset} {b.size} {b.precision}, {b.threads_label}, "
+    s = Section("throughput", f"1. model throughput: {b.preset} {b.size} {b.precision_label}, {b.threads_label}, "
                 f"{b.device}")
     for backend in backends:
         r = measure(weights=b.weights, onnx_dir=b.onnx_dir, backend=backend, width=b.width, height=b.height,
@@ -147,7 +147,7 @@ def throughput(b: Bench, backends: list[str]) -> Section:
 
 
 def pipeline(b: Bench) -> Section:
-    s = Section("pipeline", f"2. pipeline efficiency: {b.preset} {b.size} {b.precision}, {b.length} frames, "
+    s = Section("pipeline", f"2. pipeline efficiency: {b.preset} {b.size} {b.precision_label}, {b.length} frames, "
                 f"worker {b.backend} {b.threads_label}, VapourSynth threads {b.vs_threads or 'default'}, "
                 f"batch {b.batch}")
     vs_run, direct = deblur_run(b), direct_run(b)
@@ -230,7 +230,7 @@ def _onnx_window(b: Bench):
 
 
 def cache(b: Bench) -> Section:
-    s = Section("cache", f"3. stage-1 cache: {b.preset} {b.size} {b.precision}, {b.backend} backend, sequential "
+    s = Section("cache", f"3. stage-1 cache: {b.preset} {b.size} {b.precision_label}, {b.backend} backend, sequential "
                 f"render of {b.length} frames")
     direct, forward = direct_run(b), forward_per_frame(b)
     fig = _worker_figures(direct["delta"])
@@ -281,8 +281,8 @@ def _max_diff(direct: dict, baseline: dict) -> float:
 
 def vsmlrt(b: Bench) -> Section:
     k = min(b.compare_frames, b.length)
-    s = Section("vsmlrt", f"4. vs-mlrt (core.ort.Model, CPU) on window.onnx vs erdn_vs.deblur ({b.backend} worker, "
-                f"{b.threads_label}): {b.preset} {b.size}")
+    s = Section("vsmlrt", f"4. vs-mlrt (core.ort.Model, CPU, fp32) on window.onnx vs erdn_vs.deblur "
+                f"({b.backend} worker, {b.precision_label}, {b.threads_label}): {b.preset} {b.size}")
     ours = deblur_run(b)
     parts = b.memo.get("vsmlrt") or [_vsmlrt_part(b, 0, k - 1)]
     seconds = sum(p["frames"] / p["run"].fps for p in parts)
