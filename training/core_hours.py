@@ -1,0 +1,103 @@
+"""Validation PSNR against compute: runs compared at equal core-hours (issue 13's 3- vs 5-frame question).
+
+Reads the ``log.csv`` of each run (``erdn train`` writes ``core_seconds``, the process's CPU time spent on
+training steps, carried over from a phase-1 run into its phase 2) and plots validation PSNR, of the EMA
+weights and of the raw weights, against core-hours. Prints the same points as a Markdown table.
+
+    python -m training.core_hours training/checkpoints/lite_synth_v3_f3/log.csv:3-frame \\
+        training/checkpoints/lite_synth_v3/log.csv:5-frame --blurry 25.26 --out docs/psnr_vs_core_hours.png
+
+Core-seconds are CPU time: a CPU core-hour and a GPU-hour are not the same unit, so a run resumed on a GPU
+has no place on this plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ValPoint:
+    iteration: int
+    core_hours: float
+    psnr: float  # the shipped (EMA) weights' validation PSNR, dB
+    psnr_raw: float | None  # the raw weights' (None when the run keeps no EMA)
+
+
+def read_validation(log_csv: Path) -> list[ValPoint]:
+    """The validation rows of one run's log.csv, in order of iteration.
+
+    Raises ValueError when the log has no ``core_seconds`` column (a run from before it was counted)."""
+    with open(log_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and "core_seconds" not in rows[0]:
+        raise ValueError(f"{log_csv} has no core_seconds column; it predates compute accounting")
+    points = {}
+    for r in rows:
+        if r.get("val_psnr") and r.get("core_seconds"):
+            raw = float(r["val_psnr_raw"]) if r.get("val_psnr_raw") else None
+            points[int(r["iteration"])] = ValPoint(int(r["iteration"]), float(r["core_seconds"]) / 3600,
+                                                   float(r["val_psnr"]), raw)
+    return [points[k] for k in sorted(points)]
+
+
+def plot(runs: dict[str, list[ValPoint]], png: Path, blurry: float | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for (label, points), color in zip(runs.items(), ("tab:blue", "tab:orange", "tab:green", "tab:red"),
+                                      strict=False):
+        ax.plot([p.core_hours for p in points], [p.psnr for p in points], marker="o", color=color,
+                label=f"{label} (EMA, shipped)")
+        raw = [p for p in points if p.psnr_raw is not None]
+        if raw:
+            ax.plot([p.core_hours for p in raw], [p.psnr_raw for p in raw], marker=".", linestyle="--",
+                    color=color, alpha=0.7, label=f"{label} (raw weights)")
+    if blurry is not None:
+        ax.axhline(blurry, color="gray", linestyle=":", label=f"blurry input ({blurry:.2f} dB)")
+    ax.set(xlabel="compute (CPU core-hours)", ylabel="validation PSNR (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def table(runs: dict[str, list[ValPoint]]) -> str:
+    lines = ["| run | iteration | core-hours | val PSNR (EMA) | val PSNR (raw) |", "|---|---|---|---|---|"]
+    for label, points in runs.items():
+        for p in points:
+            raw = f"{p.psnr_raw:.3f}" if p.psnr_raw is not None else ""
+            lines.append(f"| {label} | {p.iteration} | {p.core_hours:.3f} | {p.psnr:.3f} | {raw} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.core_hours", description=__doc__.splitlines()[0])
+    p.add_argument("logs", nargs="+", help="LOG.csv[:LABEL] of each run")
+    p.add_argument("--out", type=Path, default=None, help="write the plot here (PNG)")
+    p.add_argument("--blurry", type=float, default=None, help="the blurry input's validation PSNR, drawn as a line")
+    args = p.parse_args(argv)
+    runs: dict[str, list[ValPoint]] = {}
+    for item in args.logs:
+        path, _, label = item.partition(":")
+        try:
+            runs[label or Path(path).parent.name] = read_validation(Path(path))
+        except (OSError, ValueError) as e:
+            p.error(str(e))
+    print(table(runs))
+    if args.out:
+        plot(runs, args.out, args.blurry)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
