@@ -12,7 +12,6 @@ iteration (medians over rounds), iterations per core-hour, and the ratio to toda
 Variants:
 - ``fp32``: the fp32 path, one thread (what training ran before).
 - ``autocast``: ``torch.autocast("cpu", torch.bfloat16)`` around the forward.
-- ``onednn``: ``torch.backends.mkldnn.conv.fp32_precision = "bf16"`` (tensors fp32, convolutions in bf16).
 - ``compile``: ``torch.compile`` of the forward (compile time reported apart, not in s/it).
 - ``fp32-2t`` / ``autocast-2t``: one run on two threads, against one run per core (the 1-thread variants).
 """
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("fp32", "autocast", "onednn", "compile", "fp32-2t", "autocast-2t")
+VARIANTS = ("fp32", "autocast", "compile", "fp32-2t", "autocast-2t")
 
 
 def child(preset: str, frames: int, variant: str, batch: int, crop: int, warmup: int, iters: int) -> dict:
@@ -54,7 +53,7 @@ def child(preset: str, frames: int, variant: str, batch: int, crop: int, warmup:
     sharp = torch.rand(batch, frames, 3, crop, crop, generator=g)
     blur = (sharp + 0.05 * torch.randn(sharp.shape, generator=g)).clamp(0, 1)
     mode = variant.removesuffix("-2t")
-    cpu_mode = mode if mode in ("autocast", "onednn") else "off"
+    cpu_mode = "autocast" if mode == "autocast" else "off"
     losses = []
     for i in range(warmup + iters):
         if i == warmup:

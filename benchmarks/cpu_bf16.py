@@ -9,10 +9,9 @@ the sharp frames (the usual 8-bit metric). Speed: wall seconds of one stage-1 ev
 ``--speed-size`` on ``--threads``, best of ``--repeats``, each mode timed right after fp32. These figures
 decide whether ``precision="auto"`` may pick bf16 on the CPU (``worker.backends.resolve_precision``).
 
-Modes:
-- ``autocast``: ``torch.autocast("cpu", torch.bfloat16)``, as the worker runs bf16.
-- ``onednn``: fp32 tensors; oneDNN's convolutions and matmuls compute in bf16
-  (``torch.backends.mkldnn.conv.fp32_precision = "bf16"``, and ``matmul``).
+The bf16 mode is ``torch.autocast("cpu", torch.bfloat16)``, as the worker runs it. (oneDNN's own
+``torch.backends.mkldnn.conv.fp32_precision = "bf16"`` was measured here too: output identical to fp32,
+no faster; removed.)
 
     PYTHONPATH=. .venv/bin/python benchmarks/cpu_bf16.py DATASET [--split test] [--weights W]
 """
@@ -31,27 +30,14 @@ import numpy as np
 from worker.cpu_runtime import configure
 
 SHIPPED = Path(__file__).resolve().parents[1] / "worker" / "weights" / "erdn_lite_synth.safetensors"
-MODES = ("fp32", "autocast", "onednn")
+MODES = ("fp32", "autocast")
 
 
 @contextlib.contextmanager
 def precision(mode: str) -> Iterator[None]:
     import torch
 
-    if mode == "autocast":
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            yield
-    elif mode == "onednn":
-        backends = (torch.backends.mkldnn.conv, torch.backends.mkldnn.matmul)
-        before = [b.fp32_precision for b in backends]
-        for b in backends:
-            b.fp32_precision = "bf16"
-        try:
-            yield
-        finally:
-            for b, value in zip(backends, before, strict=True):
-                b.fp32_precision = value
-    else:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "autocast"):
         yield
 
 

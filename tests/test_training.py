@@ -288,12 +288,11 @@ def test_learning_rate_groups_slow_offsets_and_stage1() -> None:
     assert {round(g["lr"], 8) for g in optimizer.param_groups} == {1e-3, 2.5e-4}
 
 
-@pytest.mark.parametrize("mode", ["autocast", "onednn"])
-def test_cpu_bf16_step_matches_fp32_closely_and_restores_settings(mode: str) -> None:
+def test_cpu_bf16_step_matches_fp32_closely() -> None:
     from training.losses import CascadeLoss
     from training.train import CascadeForward, train_step
 
-    before = torch.backends.mkldnn.conv.fp32_precision
+    mode = "autocast"
     results = {}
     for m in ("off", mode):
         torch.manual_seed(0)
@@ -304,10 +303,8 @@ def test_cpu_bf16_step_matches_fp32_closely_and_restores_settings(mode: str) -> 
         blur = (sharp + 0.05 * torch.randn(sharp.shape, generator=g)).clamp(0, 1)
         results[m] = [train_step(CascadeForward(model), CascadeLoss(), opt, blur, sharp, amp=False, cpu_mode=m)["total"]
                       for _ in range(3)]
-    assert torch.backends.mkldnn.conv.fp32_precision == before
     assert results[mode] == pytest.approx(results["off"], rel=0.05)
-    if mode == "autocast":  # bf16 really ran: results differ from fp32 in the last digits
-        assert results[mode] != results["off"]
+    assert results[mode] != results["off"]  # bf16 really ran: results differ from fp32 in the last digits
 
 
 def test_recipe_keys_are_checked(tmp_path: Path, dataset: Path) -> None:
