@@ -342,3 +342,34 @@ def test_phase_two_counts_phase_one_compute(tmp_path: Path, dataset: Path) -> No
     assert main([str(cascade)]) == 0
     phase2 = load_checkpoint(tmp_path / "b" / "last.ckpt")
     assert phase2["core_seconds"] > phase1["core_seconds"] and phase2["train_seconds"] > phase1["train_seconds"]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_step_it_finished_and_the_run_resumes(tmp_path: Path, dataset: Path) -> None:
+    """SIGTERM between checkpoints (a GPU session's deadline, a shut-down machine) loses no finished step."""
+    import signal
+    import time
+
+    cfg = write_config(tmp_path / "long.yaml", dataset, tmp_path / "long", iterations=100000, val_every=100000,
+                       checkpoint_every=100000, checkpoint_minutes=0)
+    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "training.train", str(cfg)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "long" / "log.csv"
+    deadline = time.monotonic() + 600  # a hang guard only
+    while not (log.is_file() and len(losses(tmp_path / "long")) >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("erdn train: stopped by SIGTERM at iteration ") and line.endswith(
+        "last.ckpt is saved: run the same command to resume"), line
+    stopped_at = int(line.split("at iteration ")[1].split(";")[0])
+    assert stopped_at >= 3 and load_checkpoint(tmp_path / "long" / "last.ckpt")["iteration"] == stopped_at
+    assert not (tmp_path / "long" / "final.safetensors").exists()  # the run is not over
+    resumed = write_config(tmp_path / "long.yaml", dataset, tmp_path / "long", iterations=stopped_at + 2,
+                           val_every=100000, checkpoint_every=100000, checkpoint_minutes=0)
+    assert main([str(resumed)]) == 0
+    assert [int(it) for it, _ in losses(tmp_path / "long")][-2:] == [stopped_at + 1, stopped_at + 2]

@@ -18,7 +18,9 @@ import csv
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -269,6 +271,34 @@ def init_from(model: ERDN, path: str) -> None:
         stage.load_state_dict(source.stage1.state_dict())
 
 
+class TrainingStopped(Exception):
+    """SIGTERM or SIGINT ended a run between two steps, after it saved ``last.ckpt``: the same command resumes it."""
+
+    def __init__(self, signum: int, iteration: int, checkpoint: Path) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} at iteration {iteration}; {checkpoint} is saved: "
+                         "run the same command to resume")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_requests(enabled: bool):
+    """While inside, SIGTERM and SIGINT only record themselves (a dict with ``"signum"``), so that the loop can
+    finish its step and save before it stops. Off under torchrun (every rank would have to agree on the step)
+    and outside the main thread, where signal handlers cannot be set."""
+    got: dict[str, int] = {}
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in before:
+        signal.signal(sig, lambda signum, frame: got.setdefault("signum", signum))
+    try:
+        yield got
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def train(cfg: TrainConfig, resume: bool = True) -> Path:
     """Run (or resume) the training described by ``cfg``; returns the final weights path."""
     rank, local_rank, world = setup_distributed()
@@ -413,67 +443,73 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     count, t0, last_ckpt_time = 0, time.time(), time.time()
     batches = None
     iteration = start
-    while iteration < cfg.iterations:
-        epoch, within = divmod(iteration, iters_per_epoch)
-        if crop_at(cfg, iteration) != dataset.crop:
-            dataset.crop, batches = crop_at(cfg, iteration), None
-        if batches is None:
-            sampler.set_epoch(epoch)
-            dataset.set_epoch(epoch)
-            indices = list(sampler)[within * cfg.batch : iters_per_epoch * cfg.batch]
-            loader = torch.utils.data.DataLoader(
-                dataset, batch_size=cfg.batch, sampler=indices, num_workers=cfg.data.workers, drop_last=True
-            )
-            batches = iter(loader)
-        try:
-            blur, sharp = next(batches)
-        except StopIteration:
-            batches = None
-            continue
-        lr = learning_rate(cfg, iteration, iters_per_epoch)
-        set_group_rates(optimizer, cfg, lr, iteration)
-        blur, sharp = blur.to(device, non_blocking=True), sharp.to(device, non_blocking=True)
-        step_start, step_cpu = time.time(), time.process_time()
-        terms = train_step(
-            net, criterion, optimizer, blur, sharp, amp=use_amp, cpu_mode=cfg.cpu_bf16,
-            grad_clip=cfg.optimizer.grad_clip,
-        )
-        if ema is not None:
-            ema.update_parameters(model)
-        train_seconds += time.time() - step_start
-        core_seconds += time.process_time() - step_cpu
-        iteration += 1
-        if within + 1 == iters_per_epoch:
-            batches = None
-        for k in ("total", "rec", "grad", "align"):
-            sums[k] = sums.get(k, 0.0) + terms[k]
-        count += 1
-        if main_process:
-            bar.update(1)
-            bar.set_postfix(loss=f"{terms['total']:.4f}", lr=f"{lr:.2e}")
-            if iteration % cfg.log_every == 0 or iteration == cfg.iterations:
-                log.write(
-                    {"iteration": iteration, "epoch": epoch, "lr": lr, "crop": dataset.crop,
-                     "seconds": round(time.time() - t0, 2), "train_seconds": round(train_seconds, 2),
-                     "core_seconds": round(core_seconds, 2)}
-                    | {k: v / count for k, v in sums.items()}
+    with stop_requests(world == 1) as stop:
+        while iteration < cfg.iterations:
+            epoch, within = divmod(iteration, iters_per_epoch)
+            if crop_at(cfg, iteration) != dataset.crop:
+                dataset.crop, batches = crop_at(cfg, iteration), None
+            if batches is None:
+                sampler.set_epoch(epoch)
+                dataset.set_epoch(epoch)
+                indices = list(sampler)[within * cfg.batch : iters_per_epoch * cfg.batch]
+                loader = torch.utils.data.DataLoader(
+                    dataset, batch_size=cfg.batch, sampler=indices, num_workers=cfg.data.workers, drop_last=True
                 )
-                sums, count = {}, 0
-        if iteration % cfg.val_every == 0 or iteration == cfg.iterations:
-            run_validation(iteration)
-        minutes_due = cfg.checkpoint_minutes > 0 and time.time() - last_ckpt_time > 60 * cfg.checkpoint_minutes
-        keep = iteration in cfg.keep_at
-        due = iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations or minutes_due
-        if main_process and (due or keep):
-            save_last(iteration)
-            last_ckpt_time = time.time()
-            if copy_dir is not None:
-                copy_dir.mkdir(parents=True, exist_ok=True)
-                for name in ("last.ckpt", "log.csv"):
-                    shutil.copyfile(run_dir / name, copy_dir / f"{name}.partial")
-                    (copy_dir / f"{name}.partial").replace(copy_dir / name)
-            if keep:
-                shutil.copyfile(ckpt_path, run_dir / f"it{iteration}.ckpt")
+                batches = iter(loader)
+            try:
+                blur, sharp = next(batches)
+            except StopIteration:
+                batches = None
+                continue
+            lr = learning_rate(cfg, iteration, iters_per_epoch)
+            set_group_rates(optimizer, cfg, lr, iteration)
+            blur, sharp = blur.to(device, non_blocking=True), sharp.to(device, non_blocking=True)
+            step_start, step_cpu = time.time(), time.process_time()
+            terms = train_step(
+                net, criterion, optimizer, blur, sharp, amp=use_amp, cpu_mode=cfg.cpu_bf16,
+                grad_clip=cfg.optimizer.grad_clip,
+            )
+            if ema is not None:
+                ema.update_parameters(model)
+            train_seconds += time.time() - step_start
+            core_seconds += time.process_time() - step_cpu
+            iteration += 1
+            if within + 1 == iters_per_epoch:
+                batches = None
+            for k in ("total", "rec", "grad", "align"):
+                sums[k] = sums.get(k, 0.0) + terms[k]
+            count += 1
+            if main_process:
+                bar.update(1)
+                bar.set_postfix(loss=f"{terms['total']:.4f}", lr=f"{lr:.2e}")
+                if iteration % cfg.log_every == 0 or iteration == cfg.iterations:
+                    log.write(
+                        {"iteration": iteration, "epoch": epoch, "lr": lr, "crop": dataset.crop,
+                         "seconds": round(time.time() - t0, 2), "train_seconds": round(train_seconds, 2),
+                         "core_seconds": round(core_seconds, 2)}
+                        | {k: v / count for k, v in sums.items()}
+                    )
+                    sums, count = {}, 0
+            if iteration % cfg.val_every == 0 or iteration == cfg.iterations:
+                run_validation(iteration)
+            minutes_due = cfg.checkpoint_minutes > 0 and time.time() - last_ckpt_time > 60 * cfg.checkpoint_minutes
+            keep = iteration in cfg.keep_at
+            due = iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations or minutes_due
+            stopping = "signum" in stop
+            if main_process and (due or keep or stopping):
+                save_last(iteration)
+                last_ckpt_time = time.time()
+                if copy_dir is not None:
+                    copy_dir.mkdir(parents=True, exist_ok=True)
+                    for name in ("last.ckpt", "log.csv"):
+                        shutil.copyfile(run_dir / name, copy_dir / f"{name}.partial")
+                        (copy_dir / f"{name}.partial").replace(copy_dir / name)
+                if keep:
+                    shutil.copyfile(ckpt_path, run_dir / f"it{iteration}.ckpt")
+            if stopping:
+                bar.close()
+                log.close()
+                raise TrainingStopped(stop["signum"], iteration, copy_dir / "last.ckpt" if copy_dir else ckpt_path)
     if start >= cfg.iterations:  # resumed a finished run: validate once more for the weights' metadata
         run_validation(iteration)
     if main_process:
@@ -530,6 +566,9 @@ def main(argv: list[str]) -> int:
     except (ConfigError, CheckpointError, DatasetError, WeightsError) as e:
         print(f"erdn train: {e}", file=sys.stderr)
         return 2
+    except TrainingStopped as e:
+        print(f"\nerdn train: {e}", file=sys.stderr)
+        return 128 + e.signum
     return 0
 
 
