@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from worker.cpu_runtime import configure
+from worker.registry import default_weights
 
-SHIPPED = Path(__file__).resolve().parents[1] / "worker" / "weights" / "erdn_lite_synth.safetensors"
 MODES = ("fp32", "autocast")
 
 
@@ -86,7 +86,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dataset", type=Path, help="a dataset folder (erdn synth's layout)")
     p.add_argument("--split", default="test")
-    p.add_argument("--weights", type=Path, default=SHIPPED)
+    p.add_argument("--weights", type=Path, default=None, help="default: the shipped default model")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--speed-size", default="640x360")
     p.add_argument("--repeats", type=int, default=3)
@@ -101,6 +101,7 @@ def main() -> int:
     from worker.model import load_model
 
     torch.set_num_threads(args.threads)
+    args.weights = args.weights or default_weights().path
     model = load_model(args.weights).eval()
     videos = find_videos(args.dataset, args.split)
     se = {m: 0.0 for m in MODES[1:]}

@@ -33,7 +33,6 @@ from gpu_runner import JSON_NAME, MD_NAME, REPO, Plan, Session, Step, python_jso
 RETURN_FILE_LIMIT = 16 * 2**20  # what the machine sends back: at most 8 files of 16 MiB
 RETURN_FILES = 8
 FINAL_RESERVE_S = 15.0  # kept after the training for the last export and the report
-SHIPPED = "worker/weights/erdn_lite_synth.safetensors"
 
 # What each step may take, in seconds: (on the GPU machine, in the dry run). The whole session is also bound
 # by its deadline, and steps before the training stop early enough to leave it min_train_s.
@@ -294,9 +293,10 @@ def train(session: Session, step: Step, seconds: float) -> None:
         init = p.train_init_from
         if not init:  # the config's own starting point when it came along, else the shipped weights
             from training.config import load_config
+            from worker.registry import default_weights
 
             configured = load_config(p.train_config).model.init_from
-            init = configured if configured and Path(configured).is_file() else SHIPPED
+            init = configured if configured and Path(configured).is_file() else str(default_weights().path)
         init = "" if init == "none" else init
         overrides.append(f"model.init_from={json.dumps(init)}")  # a quoted YAML string, "" too
         step.result["started_from"] = init or "scratch"

@@ -27,8 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from worker.cpu_runtime import configure
-
-SHIPPED = Path(__file__).resolve().parents[1] / "worker" / "weights" / "erdn_lite_synth.safetensors"
+from worker.registry import default_weights
 
 
 def torch_profile(model, x) -> tuple[float, dict[str, float]]:
@@ -117,7 +116,9 @@ def main() -> int:
 
     w, h = (int(v) for v in args.size.split("x"))
     tmp = Path(tempfile.mkdtemp(prefix="erdn-profile-"))
-    weights = args.weights or (SHIPPED if args.preset == "lite" else random_weights(args.preset, 0, tmp / "w.st"))
+    weights = args.weights
+    if weights is None:  # the shipped default for lite (trained weights), fixed-seed random weights otherwise
+        weights = default_weights().path if args.preset == "lite" else random_weights(args.preset, 0, tmp / "w.st")
     model = load_model(weights).eval()
     export_model(model, tmp, weights_path=weights, window=False)
     x = torch.rand(1, 3, 3, h, w, generator=torch.Generator().manual_seed(0))

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from erdn_vs.manifest import load_manifest
 from worker import backends
 from worker.backends import BackendError, TorchBackend, resolve_precision
-from worker.registry import resolve
+from worker.registry import default_weights, resolve
 
 # The manifest's default model, so that the guard follows whatever model ships next.
-SHIPPED = resolve(load_manifest().models[0].name, None).path
+SHIPPED = default_weights().path
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 #: bf16 on the CPU is the default only while the shipped model's output stays this close to fp32's
 #: (PSNR of the bf16 output against the fp32 output, float pixels in [0, 1]).

@@ -26,13 +26,13 @@ from conftest import spawn_worker, stop_worker, worker_env
 from worker.backends import TorchBackend, resolve_precision
 from worker.bench.clip import pattern_frame
 from worker.bench.harness import random_weights
-from worker.registry import ResolvedWeights
+from worker.registry import ResolvedWeights, default_weights
 from worker.tiling import plan_tile, run_tiled
 
 REPO = Path(__file__).resolve().parent.parent
 DRY = os.environ.get("ERDN_GPU_DRY_RUN") == "1"
 DEVICE = torch.device("cuda:0" if torch.cuda.is_available() and not DRY else "cpu")  # an index: set_device needs one
-SHIPPED = REPO / "worker" / "weights" / "erdn_lite_synth.safetensors"
+SHIPPED = default_weights().path
 
 pytestmark = [
     pytest.mark.gpu,

@@ -178,6 +178,23 @@ def test_model_entries_resolve_relative_to_the_manifest(tmp_path):
         m.model("other")
 
 
+def test_default_weights_is_the_first_model(tmp_path):
+    from worker.registry import ModelNotFound, default_weights, file_sha256
+
+    shipped = default_weights()
+    assert shipped.name == load_manifest().models[0].name
+    assert shipped.path == load_manifest().models[0].path and shipped.sha256 == file_sha256(shipped.path)
+    for name in ("second", "first"):
+        (tmp_path / f"{name}.safetensors").write_bytes(name.encode())
+    path = tmp_path / "m.yaml"
+    path.write_text("models:\n  - {name: first, file: first.safetensors}\n"
+                    "  - {name: second, file: second.safetensors}\n")
+    assert default_weights(path).path == tmp_path / "first.safetensors"
+    path.write_text("models: []\n")
+    with pytest.raises(ModelNotFound, match="lists no models"):
+        default_weights(path)
+
+
 def test_imports_stay_light():
     # The worker imports erdn_vs.protocol / erdn_vs.manifest: that must not pull in VapourSynth,
     # and nothing in erdn_vs may import torch.

@@ -68,6 +68,15 @@ def manifest_models(manifest: Path) -> dict[str, dict]:
     return {m["name"]: m for m in models if isinstance(m, dict) and "name" in m}
 
 
+def default_weights(manifest: Path | None = None) -> ResolvedWeights:
+    """The shipped default: the manifest's first model (what ``deblur()`` uses given neither model nor weights)."""
+    manifest = manifest or default_manifest()
+    models = manifest_models(manifest)
+    if not models:
+        raise ModelNotFound(f"{manifest} lists no models; pass weights=PATH")
+    return resolve(next(iter(models)), None, manifest)
+
+
 def resolve(model: str | None, weights: str | None, manifest: Path | None = None) -> ResolvedWeights:
     """The weights file for a session's ``model`` (manifest name) or ``weights`` (path)."""
     if weights is not None:
