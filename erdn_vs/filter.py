@@ -36,7 +36,7 @@ def deblur(
     *,
     model: str | None = None,
     weights: str | None = None,
-    frames: int = 5,
+    frames: int | None = None,
     tile: int | tuple[int, int] | None = None,
     overlap: int = 16,
     device: str = "auto",
@@ -76,14 +76,14 @@ def deblur(
         formats.check_clip(clip)
         first = dict(clip.get_frame(0).props)  # the one frame read at script time: fields and colour
         formats.check_progressive(first)
-        model, weights = _choose_model(args["model"], args["weights"], args["frames"])
+        model, weights, frames = _choose_model(args["model"], args["weights"], args["frames"])
     except (ValueError, ManifestError) as e:
         raise vs.Error(PREFIX + str(e)) from None
 
     core = vs.core
     colour = formats.colour_from_props(first, clip.format, clip.width, clip.height)
     rgb = formats.to_rgb(clip, colour)
-    length, frames = clip.num_frames, args["frames"]
+    length = clip.num_frames
     r = windows.radius(frames)
     neighbours = [_shifted(rgb, d) for d in range(-r, r + 1)]
     blank = core.std.BlankClip(rgb, format=vs.RGBS, keep=True)
@@ -158,8 +158,10 @@ def _document_parameters() -> None:
 _document_parameters()
 
 
-def _choose_model(model: str | None, weights: str | None, frames: int) -> tuple[str | None, str | None]:
-    """Exactly one of (manifest model name, absolute weights path), checked against ``frames``."""
+def _choose_model(model: str | None, weights: str | None,
+                  frames: int | None) -> tuple[str | None, str | None, int]:
+    """Exactly one of (manifest model name, absolute weights path), and the window: ``frames``
+    checked against the model's, or the model's own when ``frames`` is None."""
     manifest = load_manifest()
     if model is not None and weights is not None:
         raise ValueError("give model (a shipped model's name) or weights (a file path), not both")
@@ -168,18 +170,20 @@ def _choose_model(model: str | None, weights: str | None, frames: int) -> tuple[
         if not path.is_file():
             raise ValueError(f"weights file {path} does not exist; pass the path of an erdn-vs .safetensors file")
         declared = _weights_frames(path)
-        if declared is not None and declared != frames:
-            raise ValueError(f"{path} is a frames={declared} model; pass frames={declared}")
-        return None, str(path)  # absolute: the worker has its own working directory
+        if declared is not None and frames is not None and declared != frames:
+            raise ValueError(f"{path} is a frames={declared} model; pass frames={declared} (or leave frames out)")
+        # absolute: the worker has its own working directory. A header without frames: the worker says what is wrong.
+        return None, str(path), frames or declared or 5
     if model is None:
         if not manifest.models:
             raise ValueError(f"no model given and {manifest.path} lists no shipped models yet; "
                              "pass weights='path/to/weights.safetensors' (train one with the training package)")
         model = manifest.models[0].name
     entry = manifest.model(model)
-    if entry.frames != frames:
-        raise ValueError(f"model {model!r} takes frames={entry.frames}; pass frames={entry.frames}")
-    return model, None
+    if frames is not None and entry.frames != frames:
+        raise ValueError(f"model {model!r} takes frames={entry.frames}; "
+                         f"pass frames={entry.frames} (or leave frames out)")
+    return model, None, entry.frames
 
 
 def _weights_frames(path: Path) -> int | None:

@@ -53,7 +53,7 @@ def build_script(
     *,
     model: str | None = None,
     weights: str | None = None,
-    window: int = 5,
+    window: int | None = None,
     device: str = "auto",
     precision: str = "auto",
     endpoint: str | list[str] | None = None,
@@ -64,13 +64,14 @@ def build_script(
 ) -> str:
     """The .vpy text that ``erdn deblur`` renders; users can take it into their own scripts.
 
+    ``window``: 3 or 5 frames; None leaves it to the model (``deblur``'s default).
     ``endpoint``: one worker, or a list of several (deblur spreads the frames over them).
     ``timecodes``: a variable-frame-rate source's timestamps (``source.probe`` writes them); every
     frame keeps its own (``source.keep_timestamps``), so the output must be piped as Matroska.
     ``scene_cuts``: source frames that start a new scene; they get ``_SceneChangePrev=1``, so
     no temporal window mixes two scenes (bs.VideoSource sets no scene-change flags itself).
     """
-    args = [f"frames={window}"]
+    args = [] if window is None else [f"frames={window}"]
     if model is not None:
         args.append(f"model={model!r}")
     if weights is not None:
@@ -208,7 +209,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--script", action="store_true", help="print the equivalent .vpy script and exit")
     p.add_argument("--model", help="model name from plugin_manifest.yaml (default: the shipped one)")
     p.add_argument("--weights", help="weights file to use instead of a named model")
-    p.add_argument("--window", type=int, choices=(3, 5), default=5, help="temporal window: 3 or 5 frames")
+    p.add_argument("--window", type=int, choices=(3, 5), default=None,
+                   help="temporal window: 3 or 5 frames (default: the model's own)")
     p.add_argument("--device", default="auto", help="worker device: auto, cpu, cuda, cuda:N")
     p.add_argument("--precision", default="auto", help="auto, fp32, fp16, bf16")
     p.add_argument("--endpoint", action="append", type=_endpoints,

@@ -122,6 +122,26 @@ def test_windows_and_frames_sent(recorder, weights, frames, cut, scene_change, e
             np.testing.assert_array_equal(plane, truth[k])  # frame k really is source frame k
 
 
+def test_the_window_follows_the_model_when_frames_is_left_out(recorder, tmp_path):
+    import torch
+
+    from erdn_vs.manifest import load_manifest
+    from worker.model import build_model, save_model
+
+    torch.manual_seed(0)
+    three = save_model(build_model("tiny", frames=3), tmp_path / "three.safetensors")
+    src = vpy_clips.pattern_clip(vs.RGB24, 4, 32, 24)
+    out = deblur(src, weights=str(three), endpoint="ipc:///x/y.sock")
+    for n in range(out.num_frames):
+        out.get_frame(n)
+    assert recorder.opened[-1]["frames"] == 3
+    assert {len(window) for window, _ in recorder.calls.values()} == {3}
+
+    shipped = load_manifest().models[0]  # no model and no weights: the default model, at its own window
+    deblur(src, endpoint="ipc:///x/y.sock").get_frame(0)
+    assert (recorder.opened[-1]["model"], recorder.opened[-1]["frames"]) == (shipped.name, shipped.frames)
+
+
 @pytest.mark.parametrize("fmt", [vs.YUV420P8, vs.YUV420P10, vs.YUV444P16, vs.RGB24, vs.RGBS, vs.YUV422PH],
                          ids=lambda f: f.name)
 def test_identity_session_round_trips_format_and_props(recorder, weights, fmt):

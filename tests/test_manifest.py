@@ -106,7 +106,7 @@ def test_model_and_weights_together(clip, weights):
         deblur(clip, model="x", weights=weights)
 
 
-def test_frames_must_match_the_weights_file(clip, tmp_path):
+def test_frames_given_must_match_the_weights_file(clip, tmp_path):
     import torch
 
     from worker.model import build_model, save_model
@@ -114,8 +114,9 @@ def test_frames_must_match_the_weights_file(clip, tmp_path):
     torch.manual_seed(0)
     path = save_model(build_model("tiny", frames=3), tmp_path / "three.safetensors")
     with pytest.raises(vs.Error, match=r"^erdn_vs.deblur: .*three.safetensors is a frames=3 model; pass frames=3"):
-        deblur(clip, weights=str(path))
+        deblur(clip, weights=str(path), frames=5)
     assert deblur(clip, weights=str(path), frames=3).num_frames == clip.num_frames
+    assert deblur(clip, weights=str(path)).num_frames == clip.num_frames  # left out: the file's own
 
 
 def test_no_model_and_no_shipped_model(clip, manifest):

@@ -80,6 +80,7 @@ def test_chunks_concatenate_to_the_single_run(source_video, tiny_weights, worker
 def test_frame_range_is_applied_after_deblurring():
     script = render.build_script("in.mp4", weights="w.safetensors", frame_range=render.FrameRange.parse("5:9"))
     lines = script.splitlines()
+    assert "frames=" not in script  # no --window: deblur takes the model's own
     assert lines.index("clip.set_output()") > [i for i, s in enumerate(lines) if "clip[5:9]" in s][0]
     assert [i for i, s in enumerate(lines) if "erdn_vs.deblur" in s][0] < [
         i for i, s in enumerate(lines) if "clip[5:9]" in s][0]

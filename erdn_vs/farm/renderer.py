@@ -51,7 +51,7 @@ class ChunkJob:
     input: str
     model: str | None
     weights: str | None
-    window: int
+    window: int | None
     device: str
     precision: str
     scene_cuts: tuple[int, ...]
