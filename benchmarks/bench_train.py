@@ -12,6 +12,8 @@ iteration (medians over rounds), iterations per core-hour, and the ratio to toda
 Variants:
 - ``fp32``: the fp32 path, one thread (what training ran before).
 - ``autocast``: ``torch.autocast("cpu", torch.bfloat16)`` around the forward.
+- ``autocast-mmap``: ``autocast`` with glibc's default malloc, which unmaps big freed blocks (every other
+  variant keeps freed memory in the heap, as ``erdn train`` does: ``worker.cpu_runtime.keep_freed_memory``).
 - ``compile``: ``torch.compile`` of the forward (compile time reported apart, not in s/it).
 - ``fp32-2t`` / ``autocast-2t``: one run on two threads, against one run per core (the 1-thread variants).
 """
@@ -27,11 +29,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("fp32", "autocast", "compile", "fp32-2t", "autocast-2t")
+VARIANTS = ("fp32", "autocast", "autocast-mmap", "compile", "fp32-2t", "autocast-2t")
 
 
 def child(preset: str, frames: int, variant: str, batch: int, crop: int, warmup: int, iters: int) -> dict:
     """Time ``iters`` training steps after ``warmup`` in this process; returns seconds per iteration."""
+    from worker.cpu_runtime import keep_freed_memory
+
+    if not variant.endswith("-mmap"):
+        keep_freed_memory()  # as erdn train does
     import torch
 
     from training.losses import CascadeLoss
@@ -52,7 +58,7 @@ def child(preset: str, frames: int, variant: str, batch: int, crop: int, warmup:
     g = torch.Generator().manual_seed(1)
     sharp = torch.rand(batch, frames, 3, crop, crop, generator=g)
     blur = (sharp + 0.05 * torch.randn(sharp.shape, generator=g)).clamp(0, 1)
-    mode = variant.removesuffix("-2t")
+    mode = variant.removesuffix("-2t").removesuffix("-mmap")
     cpu_mode = "autocast" if mode == "autocast" else "off"
     losses = []
     for i in range(warmup + iters):

@@ -373,3 +373,16 @@ def test_sigterm_saves_the_step_it_finished_and_the_run_resumes(tmp_path: Path, 
                            val_every=100000, checkpoint_every=100000, checkpoint_minutes=0)
     assert main([str(resumed)]) == 0
     assert [int(it) for it, _ in losses(tmp_path / "long")][-2:] == [stopped_at + 1, stopped_at + 2]
+
+
+def test_erdn_train_keeps_freed_memory_before_training(tmp_path: Path, dataset: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without it every step page-faults its feature maps in afresh (worker.cpu_runtime); the order matters only in
+    # that the setting must be in place before the steps allocate.
+    import training.train as T
+
+    calls: list[str] = []
+    monkeypatch.setattr(T, "keep_freed_memory", lambda: calls.append("keep_freed_memory") or True)
+    monkeypatch.setattr(T, "train", lambda cfg, resume: calls.append(f"train {cfg.name} resume={resume}"))
+    assert main([str(write_config(tmp_path / "k.yaml", dataset, tmp_path / "k"))]) == 0
+    assert calls == ["keep_freed_memory", "train tiny_test resume=True"]

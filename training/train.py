@@ -38,6 +38,7 @@ from training.data import DatasetError, TrainWindows, find_videos, window_indice
 from training.data.images import read_rgb, to_uint8
 from training.losses import CascadeLoss, LossWeights
 from training.metrics import psnr, ssim
+from worker.cpu_runtime import keep_freed_memory
 from worker.model import ERDN, build_model, save_model
 from worker.model.weights import WeightsError
 
@@ -562,6 +563,9 @@ def main(argv: list[str]) -> int:
 
             print(yaml.safe_dump(asdict(cfg), sort_keys=False))
             return 0
+        # Freed feature maps stay in the heap: without it every step page-faults fresh memory in
+        # (worker.cpu_runtime; lite 3-frame steps 1.06x faster here, 5-frame ones level: benchmarks/bench_train.py).
+        keep_freed_memory()
         train(cfg, resume=not a.restart)
     except (ConfigError, CheckpointError, DatasetError, WeightsError) as e:
         print(f"erdn train: {e}", file=sys.stderr)
