@@ -14,6 +14,8 @@ Variants:
 - ``autocast``: ``torch.autocast("cpu", torch.bfloat16)`` around the forward.
 - ``autocast-mmap``: ``autocast`` with glibc's default malloc, which unmaps big freed blocks (every other
   variant keeps freed memory in the heap, as ``erdn train`` does: ``worker.cpu_runtime.keep_freed_memory``).
+- ``autocast-split``: ``autocast`` with the batch split into single images, as CPU inference runs it (training
+  steps used to run that way too; ``worker.model.blocks.one_image_at_a_time``).
 - ``compile``: ``torch.compile`` of the forward (compile time reported apart, not in s/it).
 - ``fp32-2t`` / ``autocast-2t``: one run on two threads, against one run per core (the 1-thread variants).
 """
@@ -29,7 +31,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("fp32", "autocast", "autocast-mmap", "compile", "fp32-2t", "autocast-2t")
+VARIANTS = ("fp32", "autocast", "autocast-mmap", "autocast-split", "compile", "fp32-2t", "autocast-2t")
 
 
 def child(preset: str, frames: int, variant: str, batch: int, crop: int, warmup: int, iters: int) -> dict:
@@ -46,6 +48,12 @@ def child(preset: str, frames: int, variant: str, batch: int, crop: int, warmup:
 
     threads = 2 if variant.endswith("-2t") else 1
     torch.set_num_threads(threads)
+    if variant.endswith("-split"):
+        import worker.model.align
+        import worker.model.erdn
+        from worker.model.blocks import cpu_eager
+
+        worker.model.erdn.one_image_at_a_time = worker.model.align.one_image_at_a_time = cpu_eager
     torch.manual_seed(0)
     model = build_model(preset, frames)
     model.train()
@@ -58,7 +66,7 @@ def child(preset: str, frames: int, variant: str, batch: int, crop: int, warmup:
     g = torch.Generator().manual_seed(1)
     sharp = torch.rand(batch, frames, 3, crop, crop, generator=g)
     blur = (sharp + 0.05 * torch.randn(sharp.shape, generator=g)).clamp(0, 1)
-    mode = variant.removesuffix("-2t").removesuffix("-mmap")
+    mode = variant.removesuffix("-2t").removesuffix("-mmap").removesuffix("-split")
     cpu_mode = "autocast" if mode == "autocast" else "off"
     losses = []
     for i in range(warmup + iters):

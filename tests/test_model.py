@@ -81,6 +81,23 @@ def test_batch_items_are_independent():
     torch.testing.assert_close(together[1:2], alone, atol=1e-5, rtol=0)
 
 
+def test_training_keeps_the_batch_whole_and_matches_inference():
+    # On the CPU inference splits a batch into single images; a training step (autograd on) runs it whole.
+    from worker.model.blocks import one_image_at_a_time
+
+    torch.manual_seed(3)
+    model = build_model("tiny", frames=5)
+    x = torch.rand(2, 5, 3, 24, 24)
+    assert one_image_at_a_time(x) is False
+    trained_way = model.cascade(x)
+    with torch.no_grad():
+        assert one_image_at_a_time(x) is True
+        inferred_way = model.cascade(x)
+    for a, b in zip(trained_way.stages, inferred_way.stages, strict=True):
+        for name in ("out", "grad", "aligned"):
+            torch.testing.assert_close(getattr(a, name).detach(), getattr(b, name), atol=1e-5, rtol=0)
+
+
 def test_stage_rejects_sizes_off_the_stride():
     model = build_model("tiny", frames=5)
     with pytest.raises(ValueError, match="divisible by 8"):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import ScaledResBlock, channels_last, cpu_eager
+from .blocks import ScaledResBlock, channels_last, one_image_at_a_time
 from .dcn import ModulatedDeformConvPack
 from .encoder_decoder import EncoderDecoder
 from .presets import ERDNConfig
@@ -153,7 +153,7 @@ class AlignmentModule(nn.Module):
         if self.residual:
             center = center + x[:, 1]
 
-        if cpu_eager(x):  # one neighbour at a time (see cpu_eager)
+        if one_image_at_a_time(x):  # one neighbour at a time
             before, after = (self._rebuild_neighbours(x[:, slot], ref_l) for slot in (0, 2))
         else:  # both neighbours as one batch: slot 0 then slot 2
             nbr = torch.cat([x[:, 0], x[:, 2]], dim=0)

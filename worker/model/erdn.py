@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .align import LEVELS, AlignmentModule
-from .blocks import GradientMap, channels_last, cpu_eager, luckiness
+from .blocks import GradientMap, channels_last, luckiness, one_image_at_a_time
 from .encoder_decoder import EncoderDecoder
 from .fusion import GradientBranch
 from .presets import ERDNConfig
@@ -44,7 +44,7 @@ class Stage(nn.Module):
 
     def forward(self, triplet: Tensor) -> StageOutput:
         check_stage_input(triplet)
-        if cpu_eager(triplet) and triplet.shape[0] > 1:  # one triplet at a time (see cpu_eager)
+        if one_image_at_a_time(triplet) and triplet.shape[0] > 1:
             parts = [self._forward(triplet[i : i + 1]) for i in range(triplet.shape[0])]
             return StageOutput(*(torch.cat(outs, dim=0) for outs in zip(*parts, strict=True)))
         return self._forward(triplet)
