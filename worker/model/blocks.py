@@ -22,9 +22,9 @@ def cpu_eager(x: Tensor) -> bool:
 def one_image_at_a_time(x: Tensor) -> bool:
     """True where the network splits a batch into single images: eager inference on the CPU (``cpu_eager``).
 
-    Training steps (autograd on) keep the batch whole: at 96x96 crops, batch 2, a lite step took 1.17x (3 frames)
-    and 1.2x (5 frames) less CPU time that way, and was level at 192x192; the per-image split pays for big
-    frames, where it keeps the working set in cache.
+    Training steps (autograd on) keep the batch whole: at 96x96 crops, batch 2, a lite step took 1.14x (3 frames)
+    and 1.20x (5 frames) less CPU time that way (benchmarks/bench_train.py), and was level at 192x192; the
+    per-image split pays for big frames, where it keeps the working set in cache.
     """
     return cpu_eager(x) and not torch.is_grad_enabled()
 
