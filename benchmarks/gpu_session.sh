@@ -21,11 +21,12 @@ dry=0
 # weights; "none" for none); the `erdn synth` options of its data (the command in the config's header, without
 # the output folder); and the GPU recipe, `erdn train --set` overrides of the config.
 chosen_config=${TRAIN_CONFIG:-}
-TRAIN_CONFIG=${TRAIN_CONFIG:-training/configs/lite_synth_v3.yaml}
-TRAIN_CHECKPOINT=${TRAIN_CHECKPOINT:-training/checkpoints/lite_synth_v3/last.ckpt}
-# Until the 5-frame run has begun (its phase 1 is the 3-frame run's kept iteration 1000), the GPU goes on with
-# the 3-frame run, so the two stay comparable at counted compute.
-if [ -z "$chosen_config" ] && [ ! -f "$TRAIN_CHECKPOINT" ] && [ ! -f training/checkpoints/lite_synth_v3_f3/it1000.ckpt ]; then
+TRAIN_CONFIG=${TRAIN_CONFIG:-training/configs/lite_synth_v3_cascade.yaml}
+TRAIN_CHECKPOINT=${TRAIN_CHECKPOINT:-training/checkpoints/lite_synth_v3_cascade/last.ckpt}
+# Until the cascade has begun (its phase 1 is the finished 3-frame run: 40000 iterations), the GPU goes on with
+# the 3-frame run, so that phase 1 is whole and the two stay comparable at counted compute.
+phase1_done=$(awk -F, 'END { print ($1 + 0 >= 40000) }' training/checkpoints/lite_synth_v3_f3/log.csv 2>/dev/null || echo 0)
+if [ -z "$chosen_config" ] && [ ! -f "$TRAIN_CHECKPOINT" ] && [ "$phase1_done" != 1 ]; then
   TRAIN_CONFIG=training/configs/lite_synth_v3_f3.yaml
   TRAIN_CHECKPOINT=training/checkpoints/lite_synth_v3_f3/last.ckpt
 fi

@@ -16,6 +16,7 @@ from worker.bench.clip import pattern_frame
 from worker.bench.model_speed import PeakRss
 from worker.bench.report import Ratio, Section, format_table
 from worker.bench.vspipe import _OUTPUT_LINE, VspipeError, read_rgbs
+from worker.registry import default_weights
 
 VSPIPE = Path(sys.executable).parent / "vspipe"
 MAY_BE_ZERO = ("peak_mib", "max_abs_diff", "need_frames_replies")  # may be 0: tiny allocations, same output
@@ -113,15 +114,29 @@ def _bench_processes(workdir: Path) -> list[str]:
     return found
 
 
+def _evals_per_frame(window: int, n: int) -> float:
+    """Stage evaluations per frame of an in-order render of n frames: a 5-frame cascade reuses stage-1 results
+    (n + 2 stage-1 triplets, edges included, and n stage-2 ones); a 3-frame model runs one stage per frame."""
+    return (2 * n + 2) / n if window == 5 else 1.0
+
+
+DEFAULT_WINDOW = default_weights().frames
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not VSPIPE.exists(), reason=f"vspipe not found next to {sys.executable}")
-def test_bench_runs_every_section_with_sane_figures(tmp_path, capsys, isolated_runtime_dir) -> None:
+@pytest.mark.parametrize("window", [None, 8 - DEFAULT_WINDOW], ids=["default-window", "other-window"])
+def test_bench_runs_every_section_with_sane_figures(tmp_path, capsys, isolated_runtime_dir, window) -> None:
+    """Every section at the default model's window (what users get, and what the header says) and at the other."""
     w, h, n = 64, 48, 3
     out = tmp_path / "bench.json"
+    pinned = [] if window is None else ["--window", str(window)]
     assert bench_cli.main(["--preset", "tiny", "--sizes", f"{w}x{h}", "--frames", str(n), "--compare-frames", "2",
                            "--repeats", "1", "--threads", "1", "--workdir", str(isolated_runtime_dir),
-                           "--json", str(out)]) == 0
+                           "--json", str(out), *pinned]) == 0
+    window = window or DEFAULT_WINDOW
     table = capsys.readouterr().out
+    assert f"presets tiny ({window}-frame window)" in table
     report = json.loads(out.read_text())
     sections = {s["key"]: s for s in report["sections"]}
     assert list(sections) == list(bench_cli.SECTIONS)
@@ -138,11 +153,18 @@ def test_bench_runs_every_section_with_sane_figures(tmp_path, capsys, isolated_r
             assert math.isfinite(r["value"]) and r["value"] > 0
             assert r["status"] == ("info" if r["target"] is None else "PASS" if r["value"] >= r["target"] else "MISS")
     assert {r["label"] for r in sections["throughput"]["rows"]} == {"torch (cpu)", "onnx (cpu)"}
+    for row in sections["throughput"]["rows"]:  # a 3-frame model has no stage 2
+        assert ("stage2_s" in row) == (window == 5)
+        assert row["fps"] == pytest.approx(1 / (row["stage1_s"] + row.get("stage2_s", 0.0)))
+    cache_ratio = sections["cache"]["ratios"][0]
+    assert cache_ratio["target"] == (1.8 if window == 5 else None)
+    assert {r["label"]: r for r in sections["cache"]["rows"]}["without (full cascade per frame)"][
+        "stage_evals_per_frame"] == (4 if window == 5 else 1)
     # The figures come from the right places: the worker's counters for an in-order render of n frames
-    # (stage-1 results reused; each source frame sent once as float32), the same output from every path.
+    # (each source frame sent once as float32), the same output from every path.
     rows = {r["label"]: r for r in sections["pipeline"]["rows"]}
     for label in ("vspipe + erdn_vs.deblur", "Session.process in order"):
-        assert rows[label]["stage_evals_per_frame"] == pytest.approx((2 * n + 2) / n)
+        assert rows[label]["stage_evals_per_frame"] == pytest.approx(_evals_per_frame(window, n))
         assert rows[label]["bytes_per_frame"] == 3 * w * h * 4
     diffs = [r["max_abs_diff"] for key in ("cache", "vsmlrt") for r in sections[key]["rows"] if "max_abs_diff" in r]
     assert len(diffs) == 2 and max(diffs) < 1e-4
@@ -157,7 +179,7 @@ def test_bench_runs_pinned_and_default_threads_on_fresh_workers(tmp_path, capsys
     w, h, n = 64, 48, 3
     out = tmp_path / "bench.json"
     assert bench_cli.main(["--preset", "tiny", "--sizes", f"{w}x{h}", "--frames", str(n), "--compare-frames", "2",
-                           "--only", "pipeline,vsmlrt", "--threads", "1,default", "--repeats", "1",
+                           "--only", "pipeline,vsmlrt", "--threads", "1,default", "--repeats", "1", "--window", "5",
                            "--workdir", str(isolated_runtime_dir), "--json", str(out)]) == 0
     table = capsys.readouterr().out
     sections = json.loads(out.read_text())["sections"]
@@ -177,6 +199,11 @@ def test_bench_runs_pinned_and_default_threads_on_fresh_workers(tmp_path, capsys
 def test_official_needs_the_paper_preset(capsys, tmp_path) -> None:
     assert bench_cli.main(["--preset", "lite", "--official", str(tmp_path)]) == 2
     assert "--official compares the paper preset" in capsys.readouterr().err
+
+
+def test_official_needs_the_5_frame_window(capsys, tmp_path) -> None:
+    assert bench_cli.main(["--preset", "paper", "--window", "3", "--official", str(tmp_path)]) == 2
+    assert "--official runs the official 5-frame ERDN: pass --window 5" in capsys.readouterr().err
 
 
 def test_official_path_that_is_not_a_checkout_is_one_clear_error(tmp_path) -> None:

@@ -15,6 +15,7 @@ from worker.registry import default_weights, resolve
 
 # The manifest's default model, so that the guard follows whatever model ships next.
 SHIPPED = default_weights().path
+SHIPPED_FRAMES = default_weights().frames or 5  # the default model's window: 3 (one stage) or 5 (the cascade)
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 #: bf16 on the CPU is the default only while the shipped model's output stays this close to fp32's
 #: (PSNR of the bf16 output against the fp32 output, float pixels in [0, 1]).
@@ -81,6 +82,9 @@ def test_bf16_output_stays_within_tolerance_of_fp32_on_shipped_weights() -> None
     out = {}
     for precision in ("fp32", "bf16"):
         backend = TorchBackend(weights, CPU, precision)
+        if SHIPPED_FRAMES == 3:  # one stage on the centre triplet
+            out[precision] = backend.stage1(window[:, 1:4]).clamp(0, 1).numpy()
+            continue
         s1 = torch.cat([backend.stage1(window[:, i:i + 3]) for i in range(3)])  # three (1, 3, H, W) outputs
         out[precision] = backend.stage2(s1[None]).clamp(0, 1).numpy()
     mse = float(np.mean((out["bf16"].astype(np.float64) - out["fp32"]) ** 2))
@@ -102,11 +106,13 @@ def test_a_worker_on_defaults_serves_auto_sessions_in_its_cpu_precision(isolated
     endpoint = new_endpoint(isolated_runtime_dir, "auto-precision")
     proc = spawn_worker(endpoint)
     try:
-        window = _textured_window(48, 64)[0].numpy()  # (5, 3, H, W)
+        first = (5 - SHIPPED_FRAMES) // 2  # the centred window of the model's length
+        window = _textured_window(48, 64)[0, first:first + SHIPPED_FRAMES].numpy()  # (frames, 3, H, W)
+        centre, indices = SHIPPED_FRAMES // 2, tuple(range(SHIPPED_FRAMES))
         with WorkerClient(endpoint, autostart=False, timeout=120) as client:
-            with client.open_session(frames=5, width=64, height=48, sample_type="float",
+            with client.open_session(frames=SHIPPED_FRAMES, width=64, height=48, sample_type="float",
                                      weights=str(SHIPPED)) as session:
-                out = session.process(2, (0, 1, 2, 3, 4), {n: window[n] for n in range(5)})
+                out = session.process(centre, indices, {n: window[n] for n in indices})
                 served = session.info["precision"]
     finally:
         stop_worker(proc)

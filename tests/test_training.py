@@ -158,6 +158,14 @@ def test_shipped_configs_load() -> None:
     assert abs(phase1 + 4.05 * cascade.iterations - control.iterations) < 60
     assert (cascade.data.val_split, control.data.val_split) == ("val", "val")  # chosen on val, never on test
     assert cascade.checkpoint_copy.startswith("training/checkpoints/") and cascade.ema and control.ema
+    # phase 2 of the v3 run: both halves start from the finished 3-frame run and spend equal compute
+    cascade = load_config(REPO / "training" / "configs" / "lite_synth_v3_cascade.yaml")
+    restart = load_config(REPO / "training" / "configs" / "lite_synth_v3_f3_restart.yaml")
+    assert cascade.model.init_from == restart.model.init_from == f"{control.checkpoint_copy}/last.ckpt"
+    assert (cascade.model.frames, restart.model.frames) == (5, 3)
+    assert 3.9 <= restart.iterations / cascade.iterations <= 4.05
+    assert cascade.optimizer.lr == restart.optimizer.lr and cascade.data == restart.data
+    assert len({cascade.checkpoint_copy, restart.checkpoint_copy, control.checkpoint_copy}) == 3
 
 
 def test_paper_schedule_halves_every_200_epochs() -> None:

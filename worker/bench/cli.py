@@ -64,6 +64,9 @@ def parser() -> argparse.ArgumentParser:
                    help="preset(s), comma-separated (default lite; paper is slow on a CPU: use a small size)")
     p.add_argument("--sizes", type=_list(_size), default=None,
                    help="WxH list (default 640x360,1280x720, plus 1920x1080 with CUDA)")
+    p.add_argument("--window", type=int, choices=(3, 5), default=None,
+                   help="the model's temporal window: 3 (one stage) or 5 (the two-stage cascade); default: the "
+                   "default model's, as deblur() runs it")
     p.add_argument("--frames", type=int, default=10, help="clip length rendered through the worker (default 10)")
     p.add_argument("--compare-frames", type=int, default=3,
                    help="frames rendered by the stateless baselines, forward and vs-mlrt (default 3)")
@@ -106,6 +109,13 @@ def main(argv: list[str]) -> int:
     if args.official is not None and args.preset != ["paper"]:
         print(f"{PROG}: --official compares the paper preset: pass --preset paper", file=sys.stderr)
         return 2
+    if args.window is None:
+        from worker.registry import default_weights
+
+        args.window = default_weights().frames or 5
+    if args.official is not None and args.window != 5:
+        print(f"{PROG}: --official runs the official 5-frame ERDN: pass --window 5", file=sys.stderr)
+        return 2
     if args.frames < 3:
         print(f"{PROG}: --frames must be at least 3 (a 5-frame window needs a clip to slide over)", file=sys.stderr)
         return 2
@@ -147,7 +157,8 @@ def main(argv: list[str]) -> int:
             else:
                 os.environ[k] = v
         shutil.rmtree(root, ignore_errors=True)
-    header = [f"erdn bench: presets {','.join(args.preset)}, sizes {','.join(f'{w}x{h}' for w, h in sizes)}, "
+    header = [f"erdn bench: presets {','.join(args.preset)} ({args.window}-frame window), "
+              f"sizes {','.join(f'{w}x{h}' for w, h in sizes)}, "
               f"{args.frames} frames (baselines {args.compare_frames}), "
               f"threads {','.join(str(t or 'default') for t in args.threads)} (default: {default_threads}), "
               f"worker backend {args.worker_backend}, VapourSynth threads {args.vs_threads or 'default'}, "
@@ -187,7 +198,7 @@ def run_all(args: argparse.Namespace, sizes: list[tuple[int, int]], root: Path, 
             official = load_official(args.official, args.seed)
             weights = save_as_ours(official, root / f"{preset}.safetensors")
         else:
-            weights = random_weights(preset, args.seed, root / f"{preset}.safetensors")
+            weights = random_weights(preset, args.seed, root / f"{preset}.safetensors", frames=args.window)
         onnx_dir = root / f"onnx-{preset}"
         if ("vsmlrt" in args.only or ("throughput" in args.only and "onnx" in args.backends)
                 or ("cache" in args.only and args.worker_backend == "onnx")):
@@ -196,7 +207,8 @@ def run_all(args: argparse.Namespace, sizes: list[tuple[int, int]], root: Path, 
             print(f"{PROG}: exported {preset} to ONNX in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         for (w, h), precision, threads in itertools.product(sizes, args.precision, args.threads):
             b = Bench(root=root, env=child_env(root, threads), endpoint=f"ipc://{root}/run/bench.sock",
-                      vspipe=vspipe, deblur_vpy=deblur_vpy, vsmlrt_vpy=vsmlrt_vpy, preset=preset, width=w, height=h,
+                      vspipe=vspipe, deblur_vpy=deblur_vpy, vsmlrt_vpy=vsmlrt_vpy, preset=preset, window=args.window,
+                      width=w, height=h,
                       length=args.frames, compare_frames=args.compare_frames, repeats=args.repeats,
                       threads=threads, default_threads=default_threads, backend=args.worker_backend,
                       vs_threads=args.vs_threads, batch=args.batch, device=args.device, precision=precision,

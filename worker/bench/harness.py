@@ -23,8 +23,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 STOP_TIMEOUT = 180.0
 
 
-def random_weights(preset: str, seed: int, path: Path) -> Path:
-    """A frames=5 model of ``preset`` with fixed-seed random weights, saved to ``path``.
+def random_weights(preset: str, seed: int, path: Path, frames: int = 5) -> Path:
+    """A model of ``preset`` with a ``frames`` window (3 or 5) and fixed-seed random weights, saved to ``path``.
 
     The initialisation zeroes the offset convolutions and the last convolution of each branch,
     so a fresh model returns its centre frame untouched and samples with zero offsets. Those get
@@ -36,7 +36,7 @@ def random_weights(preset: str, seed: int, path: Path) -> Path:
     from worker.model import build_model, save_model
 
     torch.manual_seed(seed)
-    model = build_model(preset, frames=5)
+    model = build_model(preset, frames=frames)
     with torch.no_grad():
         for p in model.parameters():
             if not p.any():
@@ -74,6 +74,7 @@ class Bench:
     deblur_vpy: Path
     vsmlrt_vpy: Path
     preset: str
+    window: int  # the model's temporal window: 3 (one stage) or 5 (the two-stage cascade)
     width: int
     height: int
     length: int  # frames rendered through the worker
@@ -119,6 +120,11 @@ class Bench:
         return self.threads or self.default_threads
 
     @property
+    def stages_per_window(self) -> int:
+        """Stage evaluations of the full forward for one output frame: 1 (3 frames) or 4 (5 frames)."""
+        return 1 if self.window == 3 else 4
+
+    @property
     def size(self) -> str:
         return f"{self.width}x{self.height}"
 
@@ -130,8 +136,8 @@ class Bench:
     def script_args(self, *, autostart: bool, length: int | None = None) -> dict[str, object]:
         return {"width": self.width, "height": self.height, "length": length or self.length,
                 "weights": self.weights, "endpoint": self.endpoint, "autostart": int(autostart),
-                "batch": self.batch, "vs_threads": self.vs_threads, "onnx": self.onnx_dir / "window.onnx",
-                "precision": self.precision}
+                "window": self.window, "batch": self.batch, "vs_threads": self.vs_threads,
+                "onnx": self.onnx_dir / "window.onnx", "precision": self.precision}
 
     # ------------------------------------------------------------ the worker
 
@@ -173,7 +179,7 @@ class Bench:
     def load_model(self) -> None:
         """Open and close a session, so the worker holds the model before a timed run."""
         with self.client() as c:
-            c.open_session(frames=5, width=self.width, height=self.height, sample_type="float",
+            c.open_session(frames=self.window, width=self.width, height=self.height, sample_type="float",
                            weights=str(self.weights), precision=self.precision).close()
 
     def fresh_worker(self) -> None:

@@ -53,7 +53,7 @@ class PeakRss:
 
 
 def child_main(spec_json: str) -> int:
-    """Time stage 1 and stage 2 on one random triplet; print one JSON line."""
+    """Time the stages the spec names (1, or 1 and 2) on one random triplet; print one JSON line."""
     from worker.cpu_runtime import configure
 
     configure()  # the worker's process settings, before torch loads
@@ -88,35 +88,36 @@ def child_main(spec_json: str) -> int:
         options.log_severity_level = 3
         providers = ["CPUExecutionProvider"] if device.type == "cpu" else ["CUDAExecutionProvider"]
         sessions = {i: ort.InferenceSession(str(Path(spec["onnx_dir"]) / f"stage{i}.onnx"), options,
-                                            providers=providers) for i in (1, 2)}
+                                            providers=providers) for i in spec["stages"]}
         feed = np.ascontiguousarray(x.reshape(1, 9, h, w).numpy())
 
         def run(stage: int) -> None:
             sess = sessions[stage]
             sess.run(None, {sess.get_inputs()[0].name: feed})
 
-    times: dict[int, list[float]] = {1: [], 2: []}
+    times: dict[int, list[float]] = {stage: [] for stage in spec["stages"]}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with PeakRss() as rss:
         for r in range(spec["repeats"] + 1):  # the first round warms up and is not timed
-            for stage in (1, 2):
+            for stage in spec["stages"]:
                 t0 = time.perf_counter()
                 run(stage)
                 if r:
                     times[stage].append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak - rss.start
-    print(json.dumps({"stage1_s": statistics.median(times[1]), "stage2_s": statistics.median(times[2]),
-                      "peak_bytes": peak}))
+    print(json.dumps({**{f"stage{k}_s": statistics.median(v) for k, v in times.items()}, "peak_bytes": peak}))
     return 0
 
 
 def measure(*, weights: Path, onnx_dir: Path | None, backend: str, width: int, height: int, threads: int,
-            repeats: int, device: str, env: dict[str, str], precision: str = "auto") -> dict[str, float]:
-    """Median seconds of one stage-1 and one stage-2 evaluation, and the peak memory, from a child process."""
+            repeats: int, device: str, env: dict[str, str], precision: str = "auto",
+            stages: tuple[int, ...] = (1, 2)) -> dict[str, float]:
+    """Median seconds of one evaluation of each of ``stages`` (``stage1_s``, ``stage2_s``) and the peak memory
+    (``peak_bytes``), from a child process. A 3-frame model has only stage 1."""
     spec = {"weights": str(weights), "onnx_dir": str(onnx_dir) if onnx_dir else None, "backend": backend,
             "width": width, "height": height, "threads": threads, "repeats": repeats, "device": device,
-            "precision": precision}
+            "precision": precision, "stages": list(stages)}
     proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)], capture_output=True, env=env,
                           timeout=3600)
     if proc.returncode != 0:

@@ -29,8 +29,9 @@ clip = pattern_clip(int(g["width"]), int(g["height"]), int(g["length"]))
 DEBLUR_SCRIPT = _HEADER + """\
 import erdn_vs  # noqa: E402
 
-out = erdn_vs.deblur(clip, weights=g["weights"], endpoint=g["endpoint"], frames=5, autostart=bool(int(g["autostart"])),
-                     batch=int(g["batch"]), precision=g.get("precision", "auto"), timeout=600.0)
+out = erdn_vs.deblur(clip, weights=g["weights"], endpoint=g["endpoint"], frames=int(g["window"]),
+                     autostart=bool(int(g["autostart"])), batch=int(g["batch"]), precision=g.get("precision", "auto"),
+                     timeout=600.0)
 out.set_output()
 """
 
@@ -41,7 +42,8 @@ def shifted(c, k):  # frame n shows c[clamp(n + k)]
     return c[0] * -k + c[:k] if k < 0 else c[k:] + c[-1] * k if k > 0 else c
 
 
-out = core.ort.Model([shifted(clip, k) for k in (-2, -1, 0, 1, 2)], network_path=g["onnx"], provider="CPU")
+radius = int(g["window"]) // 2
+out = core.ort.Model([shifted(clip, k) for k in range(-radius, radius + 1)], network_path=g["onnx"], provider="CPU")
 out.set_output()
 """
 
