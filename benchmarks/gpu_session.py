@@ -192,6 +192,8 @@ def bench(session: Session, step: Step, seconds: float, preset: str) -> None:
         args = ["--preset", preset, "--sizes", "1920x1080", "--device", "cuda", "--precision", "fp16,bf16",
                 "--frames", "6", "--compare-frames", "2", "--repeats", "2", "--threads", "4",
                 "--only", "throughput,pipeline,cache"]
+    if preset == "paper":  # the official network is a 5-frame cascade; lite follows the default model's window
+        args += ["--window", "5"]
     workdir = session.plan.work / "b"  # short: the bench's ipc sockets live here
     workdir.mkdir(exist_ok=True)
     cmd = [sys.executable, "-m", "erdn_vs.cli", "bench", *args, "--backends", "torch", "--workdir", str(workdir),
@@ -218,7 +220,8 @@ def bench_summary(report: dict) -> list[dict]:
         ratios = {x["name"]: x["value"] for x in s["ratios"]}
         if s["key"] == "throughput":
             row = next(iter(by_label.values()))
-            r.update(model_fps=row["fps"], stage1_s=row["stage1_s"], stage2_s=row["stage2_s"], peak_mib=row["peak_mib"])
+            r.update(window=report["args"].get("window"), model_fps=row["fps"], stage1_s=row["stage1_s"],
+                     stage2_s=row.get("stage2_s"), peak_mib=row["peak_mib"])  # a 3-frame model has no stage 2
         elif s["key"] == "pipeline":
             r.update(pipeline_efficiency=ratios.get("pipeline efficiency"),
                      vspipe_fps=by_label["vspipe + erdn_vs.deblur"]["fps"])

@@ -32,7 +32,7 @@ if [ -z "$chosen_config" ] && [ ! -f "$TRAIN_CHECKPOINT" ] && [ "$phase1_done" !
 fi
 TRAIN_INIT_FROM=${TRAIN_INIT_FROM:-}
 SYNTH_ARGS=${SYNTH_ARGS:---recipe v3 --clips 64 --val-clips 8 --test-clips 8 --frames 16 --size 256x256 --seed 2027}
-TRAIN_SET=${TRAIN_SET:-batch=16 data.crop=192 data.crop_steps=[] data.workers=8 threads=4 amp=true iterations=1000000 val_every=500 log_every=20}
+TRAIN_SET=${TRAIN_SET:-batch=16 data.crop=192 data.crop_steps=[] data.workers=8 threads=4 amp=true val_every=500 log_every=20}
 CHECKPOINT_MINUTES=${CHECKPOINT_MINUTES:-0.5}  # a checkpoint to OUT at least every minute
 MIN_TRAIN_S=${MIN_TRAIN_S:-150}                # the steps before the training leave it this long
 TRAIN_MAX_S=${TRAIN_MAX_S:-0}                  # 0: the training takes all the time left

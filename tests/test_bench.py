@@ -16,7 +16,6 @@ from worker.bench.clip import pattern_frame
 from worker.bench.model_speed import PeakRss
 from worker.bench.report import Ratio, Section, format_table
 from worker.bench.vspipe import _OUTPUT_LINE, VspipeError, read_rgbs
-from worker.registry import default_weights
 
 VSPIPE = Path(sys.executable).parent / "vspipe"
 MAY_BE_ZERO = ("peak_mib", "max_abs_diff", "need_frames_replies")  # may be 0: tiny allocations, same output
@@ -120,7 +119,7 @@ def _evals_per_frame(window: int, n: int) -> float:
     return (2 * n + 2) / n if window == 5 else 1.0
 
 
-DEFAULT_WINDOW = default_weights().frames
+DEFAULT_WINDOW = bench_cli.default_window()
 
 
 @pytest.mark.slow
@@ -199,6 +198,18 @@ def test_bench_runs_pinned_and_default_threads_on_fresh_workers(tmp_path, capsys
 def test_official_needs_the_paper_preset(capsys, tmp_path) -> None:
     assert bench_cli.main(["--preset", "lite", "--official", str(tmp_path)]) == 2
     assert "--official compares the paper preset" in capsys.readouterr().err
+
+
+def test_default_window_is_the_default_models(tmp_path, monkeypatch) -> None:
+    """The manifest's first model decides (its weights file need not exist: the bench uses random weights)."""
+    manifest = tmp_path / "manifest.yaml"
+    monkeypatch.setenv("ERDN_MANIFEST", str(manifest))
+    for frames in (3, 5):
+        manifest.write_text(f"models:\n  - {{name: first, file: missing.safetensors, frames: {frames}}}\n"
+                            f"  - {{name: second, file: missing.safetensors, frames: {8 - frames}}}\n")
+        assert bench_cli.default_window() == frames
+    manifest.unlink()
+    assert bench_cli.default_window() == 5  # no manifest: the cascade
 
 
 def test_official_needs_the_5_frame_window(capsys, tmp_path) -> None:

@@ -76,7 +76,7 @@ def _textured_window(h: int, w: int) -> torch.Tensor:
 
 
 def test_bf16_output_stays_within_tolerance_of_fp32_on_shipped_weights() -> None:
-    """The reason 'auto' may pick bf16: on the trained weights the cascade's output barely moves."""
+    """The reason 'auto' may pick bf16: on the trained weights the model's output barely moves."""
     weights = resolve(None, str(SHIPPED))
     window = _textured_window(96, 128)
     out = {}
