@@ -1,13 +1,13 @@
 """bf16 on the CPU: how far it moves the output from fp32 on trained weights, and what it buys in speed.
 
-Every frame of every clip of a dataset split (use clips the weights never saw: ``erdn synth --images eval``
-or the test split of the training data) is restored the way the worker does it: stage 1 once per triplet,
-stage 2 on three stage-1 outputs, in fp32 and in each bf16 mode. The report gives, per mode, the PSNR of
-its output against the fp32 output (float pixels in [0, 1], all frames pooled, and the worst frame), the
-largest difference of one pixel value (in 8-bit code values), and the PSNR of fp32 and of the mode against
-the sharp frames (the usual 8-bit metric). Speed: wall seconds of one stage-1 evaluation at
-``--speed-size`` on ``--threads``, best of ``--repeats``, each mode timed right after fp32. These figures
-decide whether ``precision="auto"`` may pick bf16 on the CPU (``worker.backends.resolve_precision``).
+Every frame of every clip of a dataset split (use clips the weights never saw: ``erdn synth --images eval`` or
+the test split of the training data) is restored the way the worker does it: stage 1 once per triplet, stage 2
+on three stage-1 outputs (a 3-frame model: stage 1 alone), in fp32 and in each bf16 mode. The report gives, per
+mode, the PSNR of its output against the fp32 output (float pixels in [0, 1], all frames pooled, and the worst
+frame), the largest difference of one pixel value (in 8-bit code values), and the PSNR of fp32 and of the mode
+against the sharp frames (the usual 8-bit metric). Speed: wall seconds of one stage-1 evaluation at
+``--speed-size`` on ``--threads``, best of ``--repeats``, each mode timed right after fp32. These figures decide
+whether ``precision="auto"`` may pick bf16 on the CPU (``worker.backends.resolve_precision``).
 
 The bf16 mode is ``torch.autocast("cpu", torch.bfloat16)``, as the worker runs it. (oneDNN's own
 ``torch.backends.mkldnn.conv.fp32_precision = "bf16"`` was measured here too: output identical to fp32,
@@ -53,12 +53,15 @@ def restore_clip(model, frames, mode: str) -> list[np.ndarray]:
     outputs = []
     with torch.inference_mode(), precision(mode):
         for n in range(len(frames)):
-            w = windows.temporal_window(n, len(frames), 5, windows.no_cuts)
-            triplets = [tuple(w[i:i + 3]) for i in range(3)]
+            w = windows.temporal_window(n, len(frames), model.frames, windows.no_cuts)
+            triplets = [tuple(w[i:i + 3]) for i in range(len(w) - 2)]  # one (3 frames) or three (5 frames)
             for key in triplets:
                 if key not in stage1:
                     stage1[key] = model.run_stage1(padded[list(key)][None]).out.float()
-            y = model.run_stage2(torch.stack([stage1[k][0] for k in triplets])[None]).out.float()
+            if model.frames == 3:
+                y = stage1[triplets[0]]
+            else:
+                y = model.run_stage2(torch.stack([stage1[k][0] for k in triplets])[None]).out.float()
             outputs.append(crop(y, hw)[0].clamp(0, 1).numpy())
     return outputs
 
