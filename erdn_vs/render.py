@@ -207,7 +207,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("input", help="input video file (anything the bs source plugin reads)")
     p.add_argument("-o", "--output", help="output video file (its extension picks the container)")
     p.add_argument("--script", action="store_true", help="print the equivalent .vpy script and exit")
-    p.add_argument("--model", help="model name from plugin_manifest.yaml (default: the shipped one)")
+    p.add_argument("--model", help="model name from plugin_manifest.yaml (default: the first one listed there)")
     p.add_argument("--weights", help="weights file to use instead of a named model")
     p.add_argument("--window", type=int, choices=(3, 5), default=None,
                    help="temporal window: 3 or 5 frames (default: the model's own)")

@@ -270,7 +270,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out/)")
     p.add_argument("--size", type=parse_size, default=(256, 160), help="WIDTHxHEIGHT of the sample (default 256x160)")
     p.add_argument("--frames", type=int, default=16, help="frames in the sample clip (default 16)")
-    p.add_argument("--model", help="model name from plugin_manifest.yaml (default: the shipped model)")
+    p.add_argument("--model", help="model name from plugin_manifest.yaml (default: the first one listed there)")
     p.add_argument("--weights", help="a weights file instead of a named model (clearly labelled in the report)")
     p.add_argument("--device", default="auto", help="worker device: auto (CUDA when present), cpu, cuda:N")
     p.add_argument("--endpoint", help="worker endpoint (default: the per-user ipc socket)")
