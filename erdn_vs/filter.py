@@ -14,7 +14,6 @@ properties) until frames are wanted.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import weakref
@@ -25,7 +24,7 @@ import vapoursynth as vs
 
 from . import formats, spread, windows
 from . import protocol as P
-from .manifest import ManifestError, load_manifest
+from .manifest import ManifestError, load_manifest, weights_file_frames
 
 PREFIX = "erdn_vs.deblur: "
 RETRY_AFTER_S = 5.0  # a failed session open is reported as is to frame requests within this time
@@ -169,7 +168,7 @@ def _choose_model(model: str | None, weights: str | None,
         path = Path(weights).expanduser().resolve()
         if not path.is_file():
             raise ValueError(f"weights file {path} does not exist; pass the path of an erdn-vs .safetensors file")
-        declared = _weights_frames(path)
+        declared = weights_file_frames(path)
         if declared is not None and frames is not None and declared != frames:
             raise ValueError(f"{path} is a frames={declared} model; pass frames={declared} (or leave frames out)")
         # absolute: the worker has its own working directory. A header without frames: the worker says what is wrong.
@@ -184,22 +183,6 @@ def _choose_model(model: str | None, weights: str | None,
         raise ValueError(f"model {model!r} takes frames={entry.frames}; "
                          f"pass frames={entry.frames} (or leave frames out)")
     return model, None, entry.frames
-
-
-def _weights_frames(path: Path) -> int | None:
-    """The ``frames`` a safetensors weights file records in its header, read without torch.
-
-    None when the header cannot be read that way: the worker then reports what is wrong.
-    """
-    try:
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            if not 0 < size <= 1 << 24:
-                return None
-            header = json.loads(f.read(size))
-        return int(header["__metadata__"]["frames"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def _shifted(clip: vs.VideoNode, offset: int) -> vs.VideoNode:

@@ -8,6 +8,7 @@ reads and the checks the function makes cannot drift apart. Pure Python + PyYAML
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -245,3 +246,19 @@ def _load(path: Path) -> Manifest:
 def load_manifest(path: str | Path | None = None) -> Manifest:
     """The manifest (loaded once per path and cached)."""
     return _load(Path(path).resolve() if path is not None else manifest_path().resolve())
+
+
+def weights_file_frames(path: Path) -> int | None:
+    """The ``frames`` a safetensors weights file records in its header, read without torch.
+
+    None when the header cannot be read that way: the worker then reports what is wrong.
+    """
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= 1 << 24:
+                return None
+            header = json.loads(f.read(size))
+        return int(header["__metadata__"]["frames"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import source
-from .manifest import load_manifest
+from .manifest import load_manifest, weights_file_frames
 
 PROG = "erdn deblur"
 
@@ -447,9 +447,30 @@ def video_input_args(info: dict[str, str | float]) -> tuple[list[str], list[str]
                 "-r", str(info["FPS"]).split(" ")[0]]
 
 
+def check_window(model: str | None, weights: str | None, window: int | None) -> None:
+    """``--window`` against the model's own window, in the command line's terms, before anything starts.
+
+    Raises RenderError naming both. Anything else wrong with the model or weights is left to ``deblur()``."""
+    if window is None:
+        return
+    if weights is not None:
+        name, frames = weights, weights_file_frames(Path(weights))
+    else:
+        manifest = load_manifest()
+        try:
+            entry = manifest.model(model) if model is not None else manifest.models[0]
+        except (ValueError, IndexError):
+            return
+        name, frames = f"model {entry.name!r}", entry.frames
+    if frames is not None and frames != window:
+        raise RenderError(f"--window {window} does not fit {name}, a {frames}-frame model: "
+                          f"pass --window {frames} or leave --window out")
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
+        check_window(args.model, args.weights, args.window)
         if args.script:
             print(script_for(args), end="")
             return 0

@@ -94,6 +94,22 @@ def test_script_flag_prints_a_runnable_vpy(source_video, tiny_weights):
     assert str(tiny_weights[5].resolve()) in r.stdout
 
 
+def test_a_window_the_model_does_not_take_is_one_line_in_cli_terms(source_video, tiny_weights, tmp_path):
+    """Refused before anything starts, for a weights file and for the default model (the manifest's first)."""
+    from erdn_vs.manifest import load_manifest
+
+    default = load_manifest().models[0]
+    for model_args, name, frames in (
+        (["--weights", str(tiny_weights[5])], str(tiny_weights[5]), 5),
+        ([], f"model {default.name!r}", default.frames),
+    ):
+        r = run_deblur(str(source_video), "-o", str(tmp_path / "out.mkv"), *model_args, "--window", str(8 - frames))
+        assert r.returncode == 1
+        assert r.stderr.strip() == (f"erdn deblur: --window {8 - frames} does not fit {name}, a {frames}-frame "
+                                    f"model: pass --window {frames} or leave --window out")
+    assert not list(tmp_path.iterdir())
+
+
 def test_unreadable_input_is_a_clear_error(tmp_path):
     r = run_deblur(str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "out.mkv"))
     assert r.returncode == 1
