@@ -136,6 +136,14 @@ def test_worker_query_with_an_endpoint_that_cannot_work(query):
     assert "tcp://127.0.0.1:PORT" in line
 
 
+@pytest.mark.parametrize("query", ["status", "stop"])
+def test_worker_query_without_a_worker(query, tmp_path):
+    endpoint = f"ipc://{tmp_path}/nobody.sock"
+    line = one_line(erdn("worker", query, "--endpoint", endpoint, "--timeout", "0.5"), f"worker {query}")
+    assert line == (f"erdn worker {query}: no worker answers at {endpoint} within 0.5 s; start one with "
+                    f"`erdn worker --endpoint {endpoint}` (erdn_vs.deblur() starts one itself on first use)")
+
+
 def test_worker_negative_threads():
     line = one_line(erdn("worker", "--threads", "-1", "--endpoint", "ipc:///tmp/erdn-never.sock"), "worker")
     assert "--threads must be 0" in line
