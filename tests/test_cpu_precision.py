@@ -14,8 +14,9 @@ from worker.backends import BackendError, TorchBackend, resolve_precision
 from worker.registry import default_weights, resolve
 
 # The manifest's default model, so that the guard follows whatever model ships next.
-SHIPPED = default_weights().path
-SHIPPED_FRAMES = default_weights().frames or 5  # the default model's window: 3 (one stage) or 5 (the cascade)
+_DEFAULT = default_weights()
+SHIPPED = _DEFAULT.path
+SHIPPED_FRAMES = _DEFAULT.frames or 5  # the default model's window: 3 (one stage) or 5 (the cascade)
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 #: bf16 on the CPU is the default only while the shipped model's output stays this close to fp32's
 #: (PSNR of the bf16 output against the fp32 output, float pixels in [0, 1]).
