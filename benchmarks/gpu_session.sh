@@ -20,16 +20,8 @@ dry=0
 # from (TRAIN_INIT_FROM: empty for the config's model.init_from when that file came along, else the shipped
 # weights; "none" for none); the `erdn synth` options of its data (the command in the config's header, without
 # the output folder); and the GPU recipe, `erdn train --set` overrides of the config.
-chosen_config=${TRAIN_CONFIG:-}
 TRAIN_CONFIG=${TRAIN_CONFIG:-training/configs/lite_synth_v3_cascade.yaml}
 TRAIN_CHECKPOINT=${TRAIN_CHECKPOINT:-training/checkpoints/lite_synth_v3_cascade/last.ckpt}
-# Until the cascade has begun (its phase 1 is the finished 3-frame run: 40000 iterations), the GPU goes on with
-# the 3-frame run, so that phase 1 is whole and the two stay comparable at counted compute.
-phase1_done=$(awk -F, 'END { print ($1 + 0 >= 40000) }' training/checkpoints/lite_synth_v3_f3/log.csv 2>/dev/null || echo 0)
-if [ -z "$chosen_config" ] && [ ! -f "$TRAIN_CHECKPOINT" ] && [ "$phase1_done" != 1 ]; then
-  TRAIN_CONFIG=training/configs/lite_synth_v3_f3.yaml
-  TRAIN_CHECKPOINT=training/checkpoints/lite_synth_v3_f3/last.ckpt
-fi
 TRAIN_INIT_FROM=${TRAIN_INIT_FROM:-}
 SYNTH_ARGS=${SYNTH_ARGS:---recipe v3 --clips 64 --val-clips 8 --test-clips 8 --frames 16 --size 256x256 --seed 2027}
 TRAIN_SET=${TRAIN_SET:-batch=16 data.crop=192 data.crop_steps=[] data.workers=8 threads=4 amp=true val_every=500 log_every=20}

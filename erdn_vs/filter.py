@@ -17,14 +17,13 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from pathlib import Path
 from typing import Any
 
 import vapoursynth as vs
 
 from . import formats, spread, windows
 from . import protocol as P
-from .manifest import ManifestError, load_manifest, weights_file_frames
+from .manifest import ManifestError, choose_model, load_manifest
 
 PREFIX = "erdn_vs.deblur: "
 RETRY_AFTER_S = 5.0  # a failed session open is reported as is to frame requests within this time
@@ -161,28 +160,11 @@ def _choose_model(model: str | None, weights: str | None,
                   frames: int | None) -> tuple[str | None, str | None, int]:
     """Exactly one of (manifest model name, absolute weights path), and the window: ``frames``
     checked against the model's, or the model's own when ``frames`` is None."""
-    manifest = load_manifest()
-    if model is not None and weights is not None:
-        raise ValueError("give model (a shipped model's name) or weights (a file path), not both")
-    if weights is not None:
-        path = Path(weights).expanduser().resolve()
-        if not path.is_file():
-            raise ValueError(f"weights file {path} does not exist; pass the path of an erdn-vs .safetensors file")
-        declared = weights_file_frames(path)
-        if declared is not None and frames is not None and declared != frames:
-            raise ValueError(f"{path} is a frames={declared} model; pass frames={declared} (or leave frames out)")
-        # absolute: the worker has its own working directory. A header without frames: the worker says what is wrong.
-        return None, str(path), frames or declared or 5
-    if model is None:
-        if not manifest.models:
-            raise ValueError(f"no model given and {manifest.path} lists no shipped models yet; "
-                             "pass weights='path/to/weights.safetensors' (train one with the training package)")
-        model = manifest.models[0].name
-    entry = manifest.model(model)
-    if frames is not None and entry.frames != frames:
-        raise ValueError(f"model {model!r} takes frames={entry.frames}; "
-                         f"pass frames={entry.frames} (or leave frames out)")
-    return model, None, entry.frames
+    choice = choose_model(model, weights)
+    if frames is not None and choice.frames is not None and choice.frames != frames:
+        raise ValueError(f"{choice.label} is a frames={choice.frames} model; "
+                         f"pass frames={choice.frames} (or leave frames out)")
+    return choice.model, choice.weights, frames or choice.frames or 5
 
 
 def _shifted(clip: vs.VideoNode, offset: int) -> vs.VideoNode:

@@ -262,3 +262,40 @@ def weights_file_frames(path: Path) -> int | None:
         return int(header["__metadata__"]["frames"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model a call asked for: a shipped model's name or an absolute weights path (exactly one),
+    and its own window (``frames``; None for a weights file whose header does not record it)."""
+
+    model: str | None
+    weights: str | None
+    frames: int | None
+
+    @property
+    def label(self) -> str:
+        return f"model {self.model!r}" if self.model is not None else str(self.weights)
+
+
+def choose_model(model: str | None, weights: str | None) -> ModelChoice:
+    """``model`` (a name in the manifest; None: the first, the default) or ``weights`` (a file path).
+
+    Raises ValueError saying what to pass: both given, a missing weights file, an unknown name, or
+    a manifest without models. Each caller words a window mismatch in its own terms."""
+    if model is not None and weights is not None:
+        raise ValueError("give model (a shipped model's name) or weights (a file path), not both")
+    if weights is not None:
+        path = Path(weights).expanduser().resolve()
+        if not path.is_file():
+            raise ValueError(f"weights file {path} does not exist; pass the path of an erdn-vs .safetensors file")
+        # absolute: the worker has its own working directory. A header without frames: the worker says what is wrong.
+        return ModelChoice(None, str(path), weights_file_frames(path))
+    manifest = load_manifest()
+    if model is None:
+        if not manifest.models:
+            raise ValueError(f"no model given and {manifest.path} lists no shipped models yet; "
+                             "pass weights='path/to/weights.safetensors' (train one with the training package)")
+        model = manifest.models[0].name
+    entry = manifest.model(model)
+    return ModelChoice(entry.name, None, entry.frames)

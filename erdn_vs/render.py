@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import source
-from .manifest import load_manifest, weights_file_frames
+from .manifest import choose_model, load_manifest
 
 PROG = "erdn deblur"
 
@@ -453,18 +453,13 @@ def check_window(model: str | None, weights: str | None, window: int | None) -> 
     Raises RenderError naming both. Anything else wrong with the model or weights is left to ``deblur()``."""
     if window is None:
         return
-    if weights is not None:
-        name, frames = weights, weights_file_frames(Path(weights))
-    else:
-        manifest = load_manifest()
-        try:
-            entry = manifest.model(model) if model is not None else manifest.models[0]
-        except (ValueError, IndexError):
-            return
-        name, frames = f"model {entry.name!r}", entry.frames
-    if frames is not None and frames != window:
-        raise RenderError(f"--window {window} does not fit {name}, a {frames}-frame model: "
-                          f"pass --window {frames} or leave --window out")
+    try:
+        choice = choose_model(model, weights)
+    except ValueError:
+        return
+    if choice.frames is not None and choice.frames != window:
+        raise RenderError(f"--window {window} does not fit {choice.label}, a {choice.frames}-frame model: "
+                          f"pass --window {choice.frames} or leave --window out")
 
 
 def main(argv: list[str]) -> int:

@@ -119,6 +119,16 @@ def test_frames_given_must_match_the_weights_file(clip, tmp_path):
     assert deblur(clip, weights=str(path)).num_frames == clip.num_frames  # left out: the file's own
 
 
+def test_frames_given_must_match_the_default_model(clip, manifest):
+    if not manifest.models:
+        pytest.skip("the manifest lists no shipped model")
+    default = manifest.models[0]
+    other = 8 - default.frames  # 3 <-> 5
+    with pytest.raises(vs.Error, match=rf"^erdn_vs.deblur: model {default.name!r} is a frames={default.frames} "
+                                       rf"model; pass frames={default.frames}"):
+        deblur(clip, frames=other)
+
+
 def test_no_model_and_no_shipped_model(clip, manifest):
     if manifest.models:
         pytest.skip("the manifest lists a shipped model, which is the default")
