@@ -36,6 +36,7 @@ from training.checkpoint import CheckpointError, load_checkpoint, rng_state, sav
 from training.config import ConfigError, TrainConfig, load_config
 from training.data import DatasetError, TrainWindows, find_videos, window_indices
 from training.data.images import read_rgb, to_uint8
+from training.grow import can_grow, grow_into
 from training.losses import CascadeLoss, LossWeights
 from training.metrics import psnr, ssim
 from worker.cpu_runtime import keep_freed_memory
@@ -254,22 +255,26 @@ def setup_distributed() -> tuple[int, int, int]:
 
 
 def init_from(model: ERDN, path: str) -> None:
-    """Load a trained model's weights into ``model`` (same preset); a frames=3 model's single stage goes into
-    every stage of a frames=5 ``model``. Raises WeightsError / CheckpointError naming what does not fit."""
+    """Load a trained model's weights into ``model``: the same preset, or a shallower one that grows into it
+    (training/grow.py); a frames=3 model's single stage goes into every stage of a frames=5 ``model``.
+    Raises WeightsError / CheckpointError naming what does not fit."""
     from training.evaluate import load_weights_or_checkpoint
 
     source = load_weights_or_checkpoint(path, "cpu")
     if source.cfg != model.cfg:
-        raise WeightsError(f"model.init_from {path}: its network ({source.preset}) differs from this run's "
-                           f"({model.preset}); start from weights of the same preset")
-    if source.frames == model.frames:
-        model.load_state_dict(source.state_dict())
-        return
-    if source.frames != 3:
+        why = can_grow(source.cfg, model.cfg)
+        if why is not None:
+            raise WeightsError(f"model.init_from {path}: its network ({source.preset}) differs from this run's "
+                               f"({model.preset}) and cannot grow into it: {why}; start from weights of the same "
+                               "preset or of a shallower one of the same widths")
+    if source.frames != model.frames and source.frames != 3:
         raise WeightsError(f"model.init_from {path}: a frames={source.frames} model cannot start a "
                            f"frames={model.frames} run; use frames=3 or frames={model.frames} weights")
-    for stage in (model.stage1, model.stage2):
-        stage.load_state_dict(source.stage1.state_dict())
+    pairs = [(model.stage1, source.stage1)]
+    if model.frames == 5:
+        pairs.append((model.stage2, source.stage2 if source.frames == 5 else source.stage1))
+    for stage, trained in pairs:
+        grow_into(stage, trained)  # a plain copy when the two networks are the same
 
 
 class TrainingStopped(Exception):
