@@ -145,9 +145,10 @@ def main(argv: list[str]) -> int:
                 continue
             cpu = statistics.median(m["cpu_per_it"] for m in ok)
             wall = statistics.median(m["wall_per_it"] for m in ok)
-            ratio = base / cpu if base else float("nan")
+            ratio = base / cpu if base else None  # fp32 not among the variants run
             extra = f"  compile {statistics.median(m['compile_seconds'] for m in ok):.0f} s" if v == "compile" else ""
-            print(f"{v:<14}{cpu:>9.3f}{wall:>10.3f}{3600 / cpu:>14.0f}{ratio:>8.2f}x  {ok[0]['losses'][-1]:.5f}{extra}")
+            shown = f"{ratio:>8.2f}x" if ratio is not None else f"{'-':>9}"
+            print(f"{v:<14}{cpu:>9.3f}{wall:>10.3f}{3600 / cpu:>14.0f}{shown}  {ok[0]['losses'][-1]:.5f}{extra}")
             summary[f"{frames}/{v}"] = {"cpu_per_it": cpu, "wall_per_it": wall, "it_per_core_hour": 3600 / cpu,
                                         "vs_fp32": ratio}
     if args.json:
