@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 
 @dataclass(frozen=True)
@@ -57,40 +57,30 @@ class ERDNConfig:
         return cls(**data)
 
 
+# The lite preset, named so that deeper variants can be written as changes to it.
+_LITE = ERDNConfig(
+    align_feat=16,
+    deform_groups=4,
+    extract_blocks=1,
+    reconstruct_blocks=2,
+    center_feat=8,
+    center_blocks=1,
+    restore_feat=12,
+    restore_blocks=1,
+    kernel_size=3,
+    gradient_in_blocks=1,
+    gradient_blocks=1,
+    residual=True,
+)
+
 PRESETS: dict[str, ERDNConfig] = {
     # The official code's widths and depths (TencentCloud/ERDN), so its checkpoints load.
     "paper": ERDNConfig(),
     # Same architecture, narrow and shallow: for CPUs and small GPUs.
-    "lite": ERDNConfig(
-        align_feat=16,
-        deform_groups=4,
-        extract_blocks=1,
-        reconstruct_blocks=2,
-        center_feat=8,
-        center_blocks=1,
-        restore_feat=12,
-        restore_blocks=1,
-        kernel_size=3,
-        gradient_in_blocks=1,
-        gradient_blocks=1,
-        residual=True,
-    ),
+    "lite": _LITE,
     # lite with the paper's depths in the fusion module (restoration and gradient branches), where the
     # restored frame is made: 1.19x lite's multiply-adds. Trained by growing a trained lite (training/grow.py).
-    "lite_deep": ERDNConfig(
-        align_feat=16,
-        deform_groups=4,
-        extract_blocks=1,
-        reconstruct_blocks=2,
-        center_feat=8,
-        center_blocks=1,
-        restore_feat=12,
-        restore_blocks=3,
-        kernel_size=3,
-        gradient_in_blocks=1,
-        gradient_blocks=2,
-        residual=True,
-    ),
+    "lite_deep": replace(_LITE, restore_blocks=3, gradient_blocks=2),
     # For tests: tiny but every part present.
     "tiny": ERDNConfig(
         align_feat=8,
