@@ -394,3 +394,22 @@ def test_erdn_train_keeps_freed_memory_before_training(tmp_path: Path, dataset: 
     monkeypatch.setattr(T, "train", lambda cfg, resume: calls.append(f"train {cfg.name} resume={resume}"))
     assert main([str(write_config(tmp_path / "k.yaml", dataset, tmp_path / "k"))]) == 0
     assert calls == ["keep_freed_memory", "train tiny_test resume=True"]
+
+
+def test_more_train_roots_join_the_training_set(tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    """data.more_train_roots: their train splits join root's (an epoch is twice as long with the same set twice)."""
+    def epochs(run_dir: Path) -> list[str]:
+        with open(run_dir / "log.csv", newline="") as f:
+            return [r["epoch"] for r in csv.DictReader(f) if r["total"]]
+
+    one = write_config(tmp_path / "one.yaml", dataset, tmp_path / "one", iterations=8, val_every=100)
+    assert main([str(one)]) == 0
+    two = write_config(tmp_path / "two.yaml", dataset, tmp_path / "two", iterations=8, val_every=100)
+    assert main([str(two), "--set", f"data.more_train_roots=[{dataset}]"]) == 0
+    assert epochs(tmp_path / "one")[-1] == "1" and epochs(tmp_path / "two")[-1] == "0", (
+        epochs(tmp_path / "one"), epochs(tmp_path / "two"))
+    assert main([str(two), "--restart", "--set", f"data.more_train_roots=[{tmp_path / 'missing'}]"]) == 2
+    err = capsys.readouterr().err
+    assert "erdn train:" in err and "missing" in err
+    assert main([str(two), "--restart", "--set", "data.more_train_roots=3"]) == 2
+    assert "data.more_train_roots must be a list of dataset folders" in capsys.readouterr().err

@@ -41,6 +41,9 @@ class DataConfig:
     # Crops that grow late in a run: [[iteration, crop], ...], each from that iteration on (batch unchanged).
     # At a 96 crop the coarsest pyramid level is 12x12; larger crops give the offsets room late in a run.
     crop_steps: tuple[tuple[int, int], ...] = ()
+    # More datasets whose train split (same layout) joins root's: e.g. a second `erdn synth` with another seed
+    # (more clips, the same held-out photographs) while validation stays root's.
+    more_train_roots: tuple[str, ...] = ()
 
 
 @dataclass
@@ -153,6 +156,10 @@ def _build(cls: type, raw: Any, where: str) -> Any:
             ):
                 raise ConfigError(f"{where}.crop_steps must be a list of [iteration, crop] pairs, got {value!r}")
             value = tuple(tuple(v) for v in value)
+        elif name == "more_train_roots":
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(f"{where}.more_train_roots must be a list of dataset folders, got {value!r}")
+            value = tuple(value)
         elif isinstance(default, tuple):
             value = tuple(float(v) for v in value)
         elif isinstance(default, str) and not isinstance(value, str):

@@ -332,7 +332,8 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
     shipped = ema.module if ema is not None else model
 
-    videos = find_videos(cfg.data.root, cfg.data.train_split, cfg.data.layout)
+    videos = [v for root in (cfg.data.root, *cfg.data.more_train_roots)
+              for v in find_videos(root, cfg.data.train_split, cfg.data.layout)]
     dataset = TrainWindows(videos, cfg.model.frames, cfg.data.crop, cfg.data.flip, cfg.data.rotate, cfg.seed)
     sampler = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=True, seed=cfg.seed, drop_last=True)
     iters_per_epoch = len(sampler) // cfg.batch
