@@ -44,3 +44,10 @@ def test_a_log_without_core_seconds_is_one_clear_error(tmp_path: Path, capsys) -
     with pytest.raises(SystemExit):
         core_hours.main([str(old)])
     assert "has no core_seconds column; it predates compute accounting" in capsys.readouterr().err
+
+
+def test_every_run_is_drawn_and_the_zoom_panel_keeps_the_later_points(tmp_path: Path) -> None:
+    runs = {f"run {i}": [core_hours.ValPoint(500, 0.5 * i, 25.3 + 0.01 * i, None)] for i in range(12)}
+    png = tmp_path / "plot.png"
+    assert core_hours.plot(runs, png, blurry=25.2, zoom_from=3.0) == [12, 6]  # 0.5 * i >= 3 for i = 6..11
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -44,30 +44,44 @@ def read_validation(log_csv: Path) -> list[ValPoint]:
     return [points[k] for k in sorted(points)]
 
 
-def plot(runs: dict[str, list[ValPoint]], png: Path, blurry: float | None) -> None:
+def plot(runs: dict[str, list[ValPoint]], png: Path, blurry: float | None,
+         zoom_from: float | None = None) -> list[int]:
+    """Every run's EMA (solid) and raw (dashed) validation PSNR against core-hours; with ``zoom_from``, a second
+    panel shows only the points from that many core-hours on (where later phases crowd together).
+    Returns the number of runs drawn in each panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for (label, points), color in zip(runs.items(), ("tab:blue", "tab:orange", "tab:green", "tab:red"),
-                                      strict=False):
-        ax.plot([p.core_hours for p in points], [p.psnr for p in points], marker="o", color=color,
-                label=f"{label} (EMA, shipped)")
-        raw = [p for p in points if p.psnr_raw is not None]
-        if raw:
-            ax.plot([p.core_hours for p in raw], [p.psnr_raw for p in raw], marker=".", linestyle="--",
-                    color=color, alpha=0.7, label=f"{label} (raw weights)")
-    if blurry is not None:
-        ax.axhline(blurry, color="gray", linestyle=":", label=f"blurry input ({blurry:.2f} dB)")
-    ax.set(xlabel="compute (CPU core-hours)", ylabel="validation PSNR (dB)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    panels = 2 if zoom_from is not None else 1
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.6), squeeze=False)
+    colors = plt.get_cmap("tab10").colors
+    drawn = [0] * panels
+    for i, ax in enumerate(axes[0]):
+        start = zoom_from if i == 1 else float("-inf")
+        for (label, points), color in zip(runs.items(), colors * (len(runs) // len(colors) + 1), strict=False):
+            shown = [p for p in points if p.core_hours >= start]
+            if not shown:
+                continue
+            drawn[i] += 1
+            ax.plot([p.core_hours for p in shown], [p.psnr for p in shown], marker="o", markersize=4, color=color,
+                    label=f"{label} (EMA, shipped)")
+            raw = [p for p in shown if p.psnr_raw is not None]
+            if raw:
+                ax.plot([p.core_hours for p in raw], [p.psnr_raw for p in raw], marker=".", linestyle="--",
+                        color=color, alpha=0.6, label=f"{label} (raw weights)")
+        if blurry is not None and i == 0:
+            ax.axhline(blurry, color="gray", linestyle=":", label=f"blurry input ({blurry:.2f} dB)")
+        ax.set(xlabel="compute (CPU core-hours)", ylabel="validation PSNR (dB)",
+               title=f"from {zoom_from:g} core-hours" if i == 1 else "")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=100)
     plt.close(fig)
+    return drawn
 
 
 def table(runs: dict[str, list[ValPoint]]) -> str:
@@ -84,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("logs", nargs="+", help="LOG.csv[:LABEL] of each run")
     p.add_argument("--out", type=Path, default=None, help="write the plot here (PNG)")
     p.add_argument("--blurry", type=float, default=None, help="the blurry input's validation PSNR, drawn as a line")
+    p.add_argument("--zoom-from", type=float, default=None, metavar="HOURS",
+                   help="add a panel of the points from HOURS core-hours on")
     args = p.parse_args(argv)
     runs: dict[str, list[ValPoint]] = {}
     for item in args.logs:
@@ -94,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(str(e))
     print(table(runs))
     if args.out:
-        plot(runs, args.out, args.blurry)
+        plot(runs, args.out, args.blurry, args.zoom_from)
         print(f"wrote {args.out}")
     return 0
 
