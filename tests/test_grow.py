@@ -52,10 +52,10 @@ def test_every_depth_grows() -> None:
 
 
 def test_what_cannot_grow_is_named() -> None:
-    assert "align_feat differs" in can_grow(PRESETS["tiny"], PRESETS["lite"])
+    assert "align_feat differs (source 8, target 16)" in can_grow(PRESETS["tiny"], PRESETS["lite"])
     assert "restore_blocks would shrink from 3 to 1" in can_grow(PRESETS["lite_deep"], PRESETS["lite"])
-    with pytest.raises(GrowError, match="no counterpart|have no place|shape"):
-        grow_into(build_model("lite", 3).stage1, build_model("lite_deep", 3).stage1)
+    with pytest.raises(GrowError, match=r"^stage1\.restore\.in_block: 2 trained layers have no place in the target$"):
+        grow_into(build_model("lite", 3).stage1, build_model("lite_deep", 3).stage1, "stage1")
 
 
 def test_init_from_grows_a_3_frame_lite_into_a_5_frame_lite_deep(tmp_path: Path) -> None:
@@ -75,3 +75,15 @@ def test_init_from_grows_a_3_frame_lite_into_a_5_frame_lite_deep(tmp_path: Path)
         assert torch.allclose(grown3(x), small(x), atol=1e-5)
     with pytest.raises(WeightsError, match="cannot grow into it: align_feat differs"):
         init_from(build_model("tiny", 3), str(path))
+
+
+def test_init_from_grows_a_5_frame_lite_into_a_5_frame_lite_deep(tmp_path: Path) -> None:
+    """Each stage of a trained cascade grows into the same stage of the deeper one: the output is unchanged."""
+    from training.train import init_from
+
+    small = _trained_like("lite", 5, seed=4)
+    deep = build_model("lite_deep", 5).eval()
+    init_from(deep, str(save_model(small, tmp_path / "lite5.safetensors")))
+    x = torch.rand(1, 5, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(deep(x), small(x), atol=1e-5)

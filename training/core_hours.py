@@ -76,7 +76,8 @@ def plot(runs: dict[str, list[ValPoint]], png: Path, blurry: float | None,
         ax.set(xlabel="compute (CPU core-hours)", ylabel="validation PSNR (dB)",
                title=f"from {zoom_from:g} core-hours" if i == 1 else "")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if drawn[i]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=100)

@@ -35,7 +35,7 @@ def can_grow(source: ERDNConfig, target: ERDNConfig) -> str | None:
             if b < a:
                 return f"{f.name} would shrink from {a} to {b}"
         elif a != b:
-            return f"{f.name} differs ({a} against {b}); only depths ({', '.join(DEPTH_FIELDS)}) can grow"
+            return f"{f.name} differs (source {a}, target {b}); only depths ({', '.join(DEPTH_FIELDS)}) can grow"
     return None
 
 
@@ -58,10 +58,13 @@ def grow_into(target: nn.Module, source: nn.Module, where: str = "") -> None:
             raise GrowError(f"{where or 'model'}.{name}: shape {tuple(param.shape)} has no counterpart")
         own.copy_(param)
     for name, buf in source.named_buffers(recurse=False):
-        getattr(target, name).copy_(buf)
+        own = getattr(target, name, None)
+        if not isinstance(own, torch.Tensor) or own.shape != buf.shape:
+            raise GrowError(f"{where or 'model'}.{name}: buffer of shape {tuple(buf.shape)} has no counterpart")
+        own.copy_(buf)
     if isinstance(source, (nn.Sequential, nn.ModuleList)):
         if type(target) is not type(source):
-            raise GrowError(f"{where}: {type(source).__name__} against {type(target).__name__}")
+            raise GrowError(f"{where or 'model'}: source {type(source).__name__}, target {type(target).__name__}")
         left = list(source)
         for i, child in enumerate(target):
             if left and type(left[0]) is type(child):
@@ -71,10 +74,11 @@ def grow_into(target: nn.Module, source: nn.Module, where: str = "") -> None:
             else:
                 raise GrowError(f"{where}.{i}: a {type(child).__name__} the source has no counterpart for")
         if left:
-            raise GrowError(f"{where}: {len(left)} trained layers have no place in the deeper network")
+            raise GrowError(f"{where or 'model'}: {len(left)} trained layers have no place in the target")
         return
     theirs = dict(source.named_children())
-    if set(theirs) != {n for n, _ in target.named_children()}:
-        raise GrowError(f"{where or 'model'}: parts differ ({sorted(theirs)})")
+    ours = {n for n, _ in target.named_children()}
+    if set(theirs) != ours:
+        raise GrowError(f"{where or 'model'}: parts differ (source {sorted(theirs)}, target {sorted(ours)})")
     for name, child in target.named_children():
         grow_into(child, theirs[name], f"{where}.{name}" if where else name)

@@ -36,7 +36,7 @@ from training.checkpoint import CheckpointError, load_checkpoint, rng_state, sav
 from training.config import ConfigError, TrainConfig, load_config
 from training.data import DatasetError, TrainWindows, find_videos, window_indices
 from training.data.images import read_rgb, to_uint8
-from training.grow import can_grow, grow_into
+from training.grow import GrowError, can_grow, grow_into
 from training.losses import CascadeLoss, LossWeights
 from training.metrics import psnr, ssim
 from worker.cpu_runtime import keep_freed_memory
@@ -273,8 +273,11 @@ def init_from(model: ERDN, path: str) -> None:
     pairs = [(model.stage1, source.stage1)]
     if model.frames == 5:
         pairs.append((model.stage2, source.stage2 if source.frames == 5 else source.stage1))
-    for stage, trained in pairs:
-        grow_into(stage, trained)  # a plain copy when the two networks are the same
+    for n, (stage, trained) in enumerate(pairs, 1):
+        try:
+            grow_into(stage, trained, f"stage{n}")  # a plain copy when the two networks are the same
+        except GrowError as e:
+            raise WeightsError(f"model.init_from {path}: {e}") from None
 
 
 class TrainingStopped(Exception):
@@ -408,7 +411,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     metadata = {
         "preset": cfg.model.preset,
         "frames": cfg.model.frames,
-        "training_data": cfg.training_data or str(cfg.data.root),
+        "training_data": cfg.training_data or " + ".join((cfg.data.root, *cfg.data.more_train_roots)),
         "config": cfg.name,
         "seed": cfg.seed,
         "crop": cfg.data.crop,
