@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.grow import GrowError, can_grow, grow_into
+from training.grow import DEPTH_FIELDS, GrowError, can_grow, grow_into
 from worker.model import build_model, save_model
 from worker.model.presets import PRESETS
 
@@ -40,9 +40,7 @@ def test_lite_grows_into_lite_deep_computing_the_same() -> None:
 
 def test_every_depth_grows() -> None:
     base = PRESETS["tiny"]
-    deeper = dataclasses.replace(base, **{f: getattr(base, f) + 1 for f in
-                                          ("extract_blocks", "reconstruct_blocks", "center_blocks",
-                                           "restore_blocks", "gradient_in_blocks", "gradient_blocks")})
+    deeper = dataclasses.replace(base, **{f: getattr(base, f) + 1 for f in DEPTH_FIELDS})
     small = _trained_like("tiny", 3, seed=1)
     deep = build_model(deeper, 3).eval()
     grow_into(deep.stage1, small.stage1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def plot(runs: dict[str, list[ValPoint]], png: Path, blurry: float | None,
     drawn = [0] * panels
     for i, ax in enumerate(axes[0]):
         start = zoom_from if i == 1 else float("-inf")
-        for (label, points), color in zip(runs.items(), colors * (len(runs) // len(colors) + 1), strict=False):
+        for (label, points), color in zip(runs.items(), itertools.cycle(colors)):
             shown = [p for p in points if p.core_hours >= start]
             if not shown:
                 continue

@@ -117,18 +117,17 @@ def _query_main(command: str, argv: list[str]) -> int:
     args = p.parse_args(argv)
     from erdn_vs.client import WorkerClient, WorkerError, WorkerUnavailable
 
-    endpoint = args.endpoint or "the default endpoint"
     try:
         with WorkerClient(args.endpoint, autostart=False, timeout=args.timeout) as client:
-            endpoint = client.endpoint
             if command == "status":
                 print(json.dumps(client.stats(), indent=2, sort_keys=True))
             else:
                 client.shutdown()
                 print(f"erdn worker at {client.endpoint} is stopping", file=sys.stderr)
     except WorkerUnavailable:  # the client's own advice speaks of deblur()'s autostart, not of this command
-        print(f"erdn worker {command}: no worker answers at {endpoint} within {args.timeout:g} s; start one with "
-              f"`erdn worker --endpoint {endpoint}` (erdn_vs.deblur() starts one itself on first use)",
+        # Only a request raises this (the constructor does not connect), so ``client`` is bound here.
+        print(f"erdn worker {command}: no worker answers at {client.endpoint} within {args.timeout:g} s; start one "
+              f"with `erdn worker --endpoint {client.endpoint}` (erdn_vs.deblur() starts one itself on first use)",
               file=sys.stderr)
         return 1
     except (WorkerError, ValueError) as e:  # ValueError: an endpoint or keys that cannot be used, said in one line
