@@ -18,6 +18,9 @@ Variants:
   steps used to run that way too; ``worker.model.blocks.one_image_at_a_time``).
 - ``compile``: ``torch.compile`` of the forward (compile time reported apart, not in s/it).
 - ``fp32-2t`` / ``autocast-2t``: one run on two threads, against one run per core (the 1-thread variants).
+- ``fp32-ddp`` / ``autocast-ddp``: one run on two cores as ``erdn train --nproc 2`` runs it: two single-thread
+  processes under torchrun (DistributedDataParallel, gloo), each on half the batch; its CPU time is both
+  processes'.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("fp32", "autocast", "autocast-mmap", "autocast-split", "compile", "fp32-2t", "autocast-2t")
+VARIANTS = ("fp32", "autocast", "autocast-mmap", "autocast-split", "compile", "fp32-2t", "autocast-2t", "fp32-ddp",
+            "autocast-ddp")
 
 
 def child(preset: str, frames: int, variant: str, batch: int, crop: int, warmup: int, iters: int) -> dict:
@@ -48,6 +52,12 @@ def child(preset: str, frames: int, variant: str, batch: int, crop: int, warmup:
 
     threads = 2 if variant.endswith("-2t") else 1
     torch.set_num_threads(threads)
+    rank, world = 0, 1
+    if variant.endswith("-ddp"):
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
     if variant.endswith("-split"):
         import worker.model.align
         import worker.model.erdn
@@ -58,6 +68,8 @@ def child(preset: str, frames: int, variant: str, batch: int, crop: int, warmup:
     model = build_model(preset, frames)
     model.train()
     net = CascadeForward(model)
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(net)
     compile_seconds = 0.0
     if variant == "compile":
         net = torch.compile(net)
@@ -66,7 +78,8 @@ def child(preset: str, frames: int, variant: str, batch: int, crop: int, warmup:
     g = torch.Generator().manual_seed(1)
     sharp = torch.rand(batch, frames, 3, crop, crop, generator=g)
     blur = (sharp + 0.05 * torch.randn(sharp.shape, generator=g)).clamp(0, 1)
-    mode = variant.removesuffix("-2t").removesuffix("-mmap").removesuffix("-split")
+    blur, sharp = blur[rank::world], sharp[rank::world]  # data-parallel: each process its share of the batch
+    mode = variant.removesuffix("-2t").removesuffix("-mmap").removesuffix("-split").removesuffix("-ddp")
     cpu_mode = "autocast" if mode == "autocast" else "off"
     losses = []
     for i in range(warmup + iters):
@@ -79,12 +92,22 @@ def child(preset: str, frames: int, variant: str, batch: int, crop: int, warmup:
         losses.append(terms["total"])
     cpu = (time.process_time() - cpu_start) / iters
     wall = (time.perf_counter() - start) / iters
+    if world > 1:  # every process's CPU time; the loss of the whole batch (the mean of equal shares)
+        import torch.distributed as dist
+
+        shared = torch.tensor([cpu, *losses], dtype=torch.float64)
+        dist.all_reduce(shared)
+        cpu, losses = float(shared[0]), [float(v) / world for v in shared[1:]]
+        dist.destroy_process_group()
+        threads = world
     return {"cpu_per_it": cpu, "wall_per_it": wall, "threads": threads, "compile_seconds": compile_seconds,
             "losses": losses}
 
 
 def run_child(args: argparse.Namespace, frames: int, variant: str) -> subprocess.Popen:
-    cmd = [sys.executable, __file__, "--child", variant, "--preset", args.preset, "--frames", str(frames),
+    ddp = variant.endswith("-ddp")
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"] if ddp else []
+    cmd = [sys.executable, *launcher, __file__, "--child", variant, "--preset", args.preset, "--frames", str(frames),
            "--batch", str(args.batch), "--crop", str(args.crop), "--warmup", str(args.warmup),
            "--iters", str(args.iters)]
     env = {"OMP_NUM_THREADS": "2" if variant.endswith("-2t") else "1"}
@@ -99,7 +122,7 @@ def measure(args: argparse.Namespace, frames: int, variant: str) -> dict:
     stdout, _ = p.communicate()
     if p.returncode != 0:
         return {"error": f"exit {p.returncode}"}
-    return json.loads(stdout.strip().splitlines()[-1])
+    return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
 
 
 def main(argv: list[str]) -> int:
@@ -116,8 +139,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.preset, int(args.frames), args.child, args.batch, args.crop, args.warmup,
-                               args.iters)))
+        result = child(args.preset, int(args.frames), args.child, args.batch, args.crop, args.warmup, args.iters)
+        import os
+
+        if os.environ.get("RANK", "0") == "0":
+            print(json.dumps(result))
         return 0
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]

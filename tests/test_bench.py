@@ -42,18 +42,23 @@ def test_vspipe_summary_line_and_raw_output(tmp_path) -> None:
 def test_peak_rss_sees_an_allocation_no_other_thread_could_watch() -> None:
     """The peak comes from the kernel, not from a sampler that a busy machine may never schedule.
 
-    A switch interval of 100 s keeps every other Python thread off the GIL while this one builds and
-    frees a 64 MiB list, as a loaded machine can starve a sampling thread. An earlier, larger peak of
-    this process must not count either.
+    A switch interval of 100 s keeps every other Python thread off the GIL while this one maps, touches
+    and unmaps 64 MiB, as a loaded machine can starve a sampling thread. An earlier, larger peak of
+    this process must not count either. The block is an anonymous mapping of its own, so the pages are
+    new to the process whatever malloc keeps (an earlier test may have called keep_freed_memory).
     """
+    import mmap
+
     earlier = np.ones(192 << 20, np.uint8)  # 192 MiB, touched, freed before the measurement
     del earlier
     interval = sys.getswitchinterval()
     sys.setswitchinterval(100.0)
     try:
         with PeakRss() as rss:
-            block = [0] * (8 << 20)  # 64 MiB of pointers, made and freed while holding the GIL
-            del block
+            block = mmap.mmap(-1, 64 << 20)  # made, touched page by page and freed while holding the GIL
+            for offset in range(0, len(block), mmap.PAGESIZE):
+                block[offset] = 1
+            block.close()
     finally:
         sys.setswitchinterval(interval)
     assert 48 << 20 <= rss.peak - rss.start < 128 << 20

@@ -315,6 +315,20 @@ def test_cpu_bf16_step_matches_fp32_closely() -> None:
     assert results[mode] != results["off"]  # bf16 really ran: results differ from fp32 in the last digits
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_bf16_auto_follows_the_cpu(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto: bf16 only where the CPU has it in hardware (bf16 convolutions run 9x slower per step on an AVX2-only
+    CPU); autocast: always; off: never; a GPU: never (CUDA has amp)."""
+    import training.train as T
+
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert T.cpu_steps_in_bf16("auto", cpu) is native
+    assert T.cpu_steps_in_bf16("autocast", cpu) and not T.cpu_steps_in_bf16("off", cpu)
+    assert not T.cpu_steps_in_bf16("autocast", torch.device("cuda"))
+    assert load_config(REPO / "training" / "configs" / "lite_synth_v3x4_f3.yaml").cpu_bf16 == "auto"
+
+
 def test_recipe_keys_are_checked(tmp_path: Path, dataset: Path) -> None:
     for bad, words in (({"cpu_bf16": "fp8"}, "cpu_bf16"), ({"ema": 1.5}, "ema"),
                        ({"loss": {"pixel": "l2"}}, "loss.pixel"),
@@ -335,6 +349,38 @@ def test_checkpoint_copy_is_kept_and_resumed_in_a_fresh_run_dir(tmp_path: Path, 
     assert load_checkpoint(tmp_path / "b" / "last.ckpt")["iteration"] == 4
     assert [i for i, _ in losses(tmp_path / "b")] == ["1", "2", "3", "4"]  # the history came along
     assert load_checkpoint(kept / "last.ckpt")["iteration"] == 4
+
+
+def _agree_as_rank(rank: int, store: str, answers) -> None:  # noqa: ANN001 - a multiprocessing queue
+    import signal
+
+    import torch.distributed as dist
+
+    from training.train import agree_on_step
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    answers.put((rank, agree_on_step(2, torch.device("cpu"), 1.5 + rank, signal.SIGTERM if rank == 1 else 0)))
+    answers.put((rank, agree_on_step(2, torch.device("cpu"), 0.25, 0)))
+    dist.destroy_process_group()
+
+
+def test_ranks_sum_their_core_seconds_and_stop_together(tmp_path: Path) -> None:
+    """Under --nproc N every process's CPU seconds count (two single-thread ranks: twice the core-hours of one), and
+    a signal that reached any rank stops them all after the same step."""
+    import multiprocessing
+    import signal
+
+    ctx = multiprocessing.get_context("spawn")  # fork in a process with threads may deadlock
+    answers = ctx.Queue()
+    procs = [ctx.Process(target=_agree_as_rank, args=(r, str(tmp_path / "store"), answers)) for r in (0, 1)]
+    for proc in procs:
+        proc.start()
+    got = sorted(answers.get(timeout=120) for _ in range(4))
+    for proc in procs:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+    stop = (pytest.approx(4.0), signal.SIGTERM)
+    assert got == [(0, (pytest.approx(0.5), 0)), (0, stop), (1, (pytest.approx(0.5), 0)), (1, stop)]
 
 
 def test_phase_two_counts_phase_one_compute(tmp_path: Path, dataset: Path) -> None:
@@ -381,6 +427,39 @@ def test_sigterm_saves_the_step_it_finished_and_the_run_resumes(tmp_path: Path, 
                            val_every=100000, checkpoint_every=100000, checkpoint_minutes=0)
     assert main([str(resumed)]) == 0
     assert [int(it) for it, _ in losses(tmp_path / "long")][-2:] == [stopped_at + 1, stopped_at + 2]
+
+
+@pytest.mark.slow
+def test_nproc_2_stops_on_sigterm_at_one_step_and_resumes(tmp_path: Path, dataset: Path) -> None:
+    """erdn train --nproc 2 (the launcher in erdn's own process): SIGTERM reaches both ranks, they finish the same
+    step, rank 0 saves it and alone says so, and the same command resumes from there."""
+    import signal
+    import time
+
+    cfg = write_config(tmp_path / "long.yaml", dataset, tmp_path / "long", iterations=100000, val_every=100000,
+                       checkpoint_every=100000, checkpoint_minutes=0, batch=1)
+    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "training.train", "--nproc", "2", str(cfg)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600  # a hang guard only
+    while not ((tmp_path / "long" / "log.csv").is_file() and len(losses(tmp_path / "long")) >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    said = [line for line in err.splitlines() if line.startswith("erdn train: stopped by SIGTERM")]
+    assert len(said) == 2 and said[1].startswith("erdn train: stopped by SIGTERM: the ranks finished"), said
+    stopped_at = int(said[0].split("at iteration ")[1].split(";")[0])
+    ckpt = load_checkpoint(tmp_path / "long" / "last.ckpt")
+    assert stopped_at >= 3 and ckpt["iteration"] == stopped_at and ckpt["core_seconds"] > 0
+    resumed = write_config(tmp_path / "long.yaml", dataset, tmp_path / "long", iterations=stopped_at + 2,
+                           val_every=100000, checkpoint_every=100000, checkpoint_minutes=0, batch=1, nproc=2)
+    proc = subprocess.run([sys.executable, "-m", "training.train", str(resumed)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)  # the config's nproc this time
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [int(it) for it, _ in losses(tmp_path / "long")][-2:] == [stopped_at + 1, stopped_at + 2]
+    assert load_model(tmp_path / "long" / "final.safetensors").metadata["batch"] == 2
 
 
 def test_erdn_train_keeps_freed_memory_before_training(tmp_path: Path, dataset: Path,

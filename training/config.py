@@ -96,10 +96,14 @@ class TrainConfig:
     checkpoint_copy: str = ""
     log_every: int = 10
     threads: int = 0  # torch CPU threads (0: torch's default)
+    # Processes of one data-parallel run on this machine (erdn train --nproc overrides): on a CPU one
+    # single-thread process per core; on a GPU machine at most one per GPU. batch is per process.
+    nproc: int = 1
     amp: bool = True  # mixed precision on CUDA (bfloat16)
-    # bfloat16 on the CPU: "off"; "autocast" (torch.autocast: convs in bf16, grid_sample and the loss in
-    # fp32). Fast with AVX-512 BF16 or AMX (1.18x it/core-hour here, README "Training speed on a CPU").
-    cpu_bf16: str = "off"
+    # bfloat16 on the CPU (torch.autocast: convs in bf16, grid_sample and the loss in fp32): "auto" where the
+    # CPU has AVX-512 BF16 or AMX (1.17x it/core-hour there), else fp32; "autocast" always (9x slower per step
+    # on an AVX2-only CPU); "off" never. README "Training speed on a CPU".
+    cpu_bf16: str = "auto"
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); validated and shipped
     weights_out: str = ""  # also copy the final weights here (e.g. worker/weights/x.safetensors)
     training_data: str = ""  # description recorded in the weights' metadata
@@ -205,7 +209,7 @@ def check(cfg: TrainConfig, where: str) -> None:
         raise ConfigError(f"{where}: model.frames must be 3 or 5, got {cfg.model.frames}")
     if cfg.data.crop < 8 or cfg.data.crop % 8:
         raise ConfigError(f"{where}: data.crop must be a positive multiple of 8, got {cfg.data.crop}")
-    for name in ("batch", "iterations", "val_every", "checkpoint_every", "log_every"):
+    for name in ("batch", "iterations", "val_every", "checkpoint_every", "log_every", "nproc"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{where}: {name} must be at least 1, got {getattr(cfg, name)}")
     if cfg.optimizer.name not in ("adam", "adamw"):
@@ -215,8 +219,8 @@ def check(cfg: TrainConfig, where: str) -> None:
     for at, crop in cfg.data.crop_steps:
         if crop % 8:
             raise ConfigError(f"{where}: data.crop_steps: crop {crop} at iteration {at} must be a multiple of 8")
-    if cfg.cpu_bf16 not in ("off", "autocast"):
-        raise ConfigError(f"{where}: cpu_bf16 must be off or autocast, got {cfg.cpu_bf16!r}")
+    if cfg.cpu_bf16 not in ("off", "auto", "autocast"):
+        raise ConfigError(f"{where}: cpu_bf16 must be auto, off or autocast, got {cfg.cpu_bf16!r}")
     if not 0.0 <= cfg.ema < 1.0:
         raise ConfigError(f"{where}: ema must be a decay in [0, 1), e.g. 0.999, got {cfg.ema}")
     if cfg.loss.pixel not in ("l1", "charbonnier"):

@@ -8,6 +8,7 @@ execution provider. Exported graphs are cached per user, keyed by the weights' s
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Protocol
@@ -52,6 +53,7 @@ def resolve_device(requested: str, default: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX-BF16), from /proc/cpuinfo's flags.
 
