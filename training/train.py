@@ -4,7 +4,7 @@ One process, or several (DistributedDataParallel; gloo on CPU, NCCL on CUDA) lau
 config's ``nproc``) or by torchrun::
 
     erdn train training/configs/lite_synth.yaml
-    erdn train training/configs/lite_synth_v3x4_f3.yaml --nproc 2 --set batch=1   # both cores of a CPU
+    erdn train training/configs/lite_synth_v3_f3.yaml --nproc 2 --set batch=1   # both cores of a CPU
     torchrun --nproc_per_node 4 -m training.train training/configs/paper.yaml
 
 A run lives in ``run_dir``: ``last.ckpt`` (resumed automatically), ``best.safetensors``
