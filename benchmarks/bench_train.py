@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -111,8 +112,6 @@ def run_child(args: argparse.Namespace, frames: int, variant: str) -> subprocess
            "--batch", str(args.batch), "--crop", str(args.crop), "--warmup", str(args.warmup),
            "--iters", str(args.iters)]
     env = {"OMP_NUM_THREADS": "2" if variant.endswith("-2t") else "1"}
-    import os
-
     return subprocess.Popen(cmd, cwd=ROOT, env=os.environ | env, stdout=subprocess.PIPE, text=True)
 
 
@@ -140,9 +139,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.child:
         result = child(args.preset, int(args.frames), args.child, args.batch, args.crop, args.warmup, args.iters)
-        import os
-
-        if os.environ.get("RANK", "0") == "0":
+        if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 reports for both
             print(json.dumps(result))
         return 0
     variants = [v for v in args.variants.split(",") if v]
