@@ -6,6 +6,7 @@ import csv
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -166,6 +167,14 @@ def test_shipped_configs_load() -> None:
     assert 3.9 <= restart.iterations / cascade.iterations <= 4.05
     assert cascade.optimizer.lr == restart.optimizer.lr and cascade.data == restart.data
     assert len({cascade.checkpoint_copy, restart.checkpoint_copy, control.checkpoint_copy}) == 3
+    # phase 4 goes on from the chosen line's kept checkpoint, on its data and batch, in a folder of its own
+    chosen = load_config(REPO / "training" / "configs" / "lite_synth_v3x4_f3.yaml")
+    phase4 = load_config(REPO / "training" / "configs" / "lite_synth_v3x4_f3_phase4.yaml")
+    assert phase4.model.init_from == f"{chosen.checkpoint_copy}/last.ckpt"
+    assert phase4.model == replace(chosen.model, init_from=phase4.model.init_from)
+    assert phase4.data == chosen.data and phase4.loss == chosen.loss
+    assert phase4.batch * phase4.nproc == chosen.batch * chosen.nproc == 2
+    assert phase4.checkpoint_copy != chosen.checkpoint_copy and phase4.run_dir != chosen.run_dir
 
 
 def test_paper_schedule_halves_every_200_epochs() -> None:
