@@ -338,6 +338,29 @@ def test_cpu_bf16_auto_follows_the_cpu(native: bool, monkeypatch: pytest.MonkeyP
     assert load_config(REPO / "training" / "configs" / "lite_synth_v3x4_f3.yaml").cpu_bf16 == "auto"
 
 
+def test_ddp_stride_warning_is_quiet_for_1x1_kernels_only() -> None:
+    import warnings
+
+    import training.train as T
+
+    def ddp_message(sizes: str, strides: str) -> str:  # the text torch's reducer warns with
+        return (f"Grad strides do not match bucket view strides. This may indicate grad was not created according "
+                f"to the gradient layout contract, or that the param's strides changed since DDP was constructed.  "
+                f"This is not an error, but may impair performance.\ngrad.sizes() = [{sizes}], strides() = "
+                f"[{strides}]\nbucket_view.sizes() = [{sizes}], strides() = [64, 1, 1, 1]")
+
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        T.quiet_1x1_stride_warnings()
+        warnings.warn(ddp_message("16, 64, 1, 1", "64, 1, 64, 64"), UserWarning, stacklevel=1)
+        warnings.warn(ddp_message("16, 64, 3, 3", "576, 1, 192, 64"), UserWarning, stacklevel=1)
+        warnings.warn("another warning about grad.sizes() = [16, 64, 1, 1]", UserWarning, stacklevel=1)
+    assert [str(w.message).split(".")[0] for w in shown] == [
+        "Grad strides do not match bucket view strides", "another warning about grad"
+    ]
+    assert "16, 64, 3, 3" in str(shown[0].message)
+
+
 def test_recipe_keys_are_checked(tmp_path: Path, dataset: Path) -> None:
     for bad, words in (({"cpu_bf16": "fp8"}, "cpu_bf16"), ({"ema": 1.5}, "ema"),
                        ({"loss": {"pixel": "l2"}}, "loss.pixel"),

@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -259,6 +260,19 @@ def setup_distributed() -> tuple[int, int, int]:
     return dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), world
 
 
+def quiet_1x1_stride_warnings() -> None:
+    """Silence DistributedDataParallel's "Grad strides do not match bucket view strides" for 1x1 kernels only.
+
+    Under bf16 autocast on the CPU a 1x1 convolution's weight gradient comes back with channels-last strides,
+    e.g. (64, 1, 64, 64) for a (16, 64, 1, 1) weight. Strides of size-1 dimensions address nothing, so that is
+    the same memory order as the bucket's and the warning's "may impair performance" does not apply; for any
+    other kernel it still shows.
+    """
+    warnings.filterwarnings(
+        "ignore", message=r"(?s)Grad strides do not match bucket view strides.*grad\.sizes\(\) = \[\d+, \d+, 1, 1\]"
+    )
+
+
 def init_from(model: ERDN, path: str) -> None:
     """Load a trained model's weights into ``model``: the same preset, or a shallower one that grows into it
     (training/grow.py); a frames=3 model's single stage goes into every stage of a frames=5 ``model``.
@@ -342,6 +356,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     model.train()
     net: nn.Module = CascadeForward(model)
     if world > 1:
+        quiet_1x1_stride_warnings()
         net = nn.parallel.DistributedDataParallel(net, device_ids=[local_rank] if device.type == "cuda" else None)
     opt_cls = torch.optim.AdamW if cfg.optimizer.name == "adamw" else torch.optim.Adam
     optimizer = opt_cls(
