@@ -188,7 +188,10 @@ def test_paper_schedule_halves_every_200_epochs() -> None:
 
 @pytest.mark.slow
 def test_torchrun_two_processes_gloo(tmp_path: Path, dataset: Path) -> None:
-    cfg = write_config(tmp_path / "ddp.yaml", dataset, tmp_path / "ddp", iterations=2, val_every=2, batch=1)
+    # fp32 steps on every CPU: bf16 rounds a batch of 1 and a batch of 2 differently (cpu_bf16: auto picks bf16
+    # on a CPU with AVX-512 BF16 or AMX), and this test compares the two to 1e-5
+    fp32 = {"iterations": 2, "val_every": 2, "cpu_bf16": "off"}
+    cfg = write_config(tmp_path / "ddp.yaml", dataset, tmp_path / "ddp", batch=1, **fp32)
     torchrun = Path(sys.executable).parent / "torchrun"
     env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
@@ -201,7 +204,7 @@ def test_torchrun_two_processes_gloo(tmp_path: Path, dataset: Path) -> None:
     assert [it for it, _ in losses(tmp_path / "ddp")] == ["1", "2"]
     # DistributedSampler deals the same shuffled windows out to the two ranks and DDP averages
     # their gradients: the result equals one process taking batches of 2
-    single = write_config(tmp_path / "one.yaml", dataset, tmp_path / "one", iterations=2, val_every=2, batch=2)
+    single = write_config(tmp_path / "one.yaml", dataset, tmp_path / "one", batch=2, **fp32)
     assert main([str(single)]) == 0
     a, b = load_file(tmp_path / "ddp" / "final.safetensors"), load_file(tmp_path / "one" / "final.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
