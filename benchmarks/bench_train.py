@@ -48,7 +48,7 @@ def child(preset: str, frames: int, variant: str, batch: int, crop: int, warmup:
     import torch
 
     from training.losses import CascadeLoss
-    from training.train import CascadeForward, train_step
+    from training.train import CascadeForward, quiet_1x1_stride_warnings, train_step
     from worker.model import build_model
 
     threads = 2 if variant.endswith("-2t") else 1
@@ -70,6 +70,7 @@ def child(preset: str, frames: int, variant: str, batch: int, crop: int, warmup:
     model.train()
     net = CascadeForward(model)
     if world > 1:
+        quiet_1x1_stride_warnings()  # as erdn train does
         net = torch.nn.parallel.DistributedDataParallel(net)
     compile_seconds = 0.0
     if variant == "compile":
