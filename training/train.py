@@ -633,9 +633,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--nproc", type=int, metavar="N",
                    help="train data-parallel in N processes on this machine (default: the config's nproc, 1; "
                         "torchrun --standalone; gloo on the CPU, NCCL on GPUs, one per GPU). 'batch' is per "
-                        "process. On a CPU, N single-thread processes finish each iteration sooner than one (1.35x "
-                        "with 2 here) at more CPU per iteration (1.33x), where one process on N threads costs 8x "
-                        "the CPU")
+                        "process. On a CPU, N single-thread processes finish each iteration sooner than one (with 2: "
+                        "1.35x on an AVX2 EPYC at 1.33x the CPU per iteration, 1.58x on an AMX Xeon at no more "
+                        "CPU; README 'Training speed on a CPU'), where one process on N threads costs 8x the CPU")
     a = p.parse_args(argv)
     try:
         overrides = parse_overrides(a.set) | ({"nproc": a.nproc} if a.nproc is not None else {})
