@@ -100,7 +100,24 @@ def test_demo_on_real_footage_file(tmp_path, worker_endpoint):
     report = json.loads((out / "report.json").read_text())
     assert report["frames"] == 3 and report["size"] == "64x48" and report["shown_frame"] == 2
     assert "psnr" not in json.dumps(report)  # no ground truth, no score
+    restored = read_video_segment(out / "restored.mkv", 0, 3)
+    shown = np.ascontiguousarray(frames[1:4])
+    assert report["mean_abs_change"] == pytest.approx(
+        np.abs(restored.astype(np.float64) - shown).mean(), abs=1e-3)  # the frames it wrote, against its input
+    assert report["mean_abs_change"] > 0  # the model did change the footage
     png = np.asarray(Image.open(out / "comparison.png").convert("RGB"))
     assert png.shape[1] == 2 * 64 + 4
     assert (png[:48, :64] == frames[2]).all(axis=2).mean() > 0.9  # the input frame shown (but the crop marker)
     assert (out / "comparison_crop.png").is_file() and (out / "restored.mp4").is_file()
+
+
+def test_change_measures_on_known_frames():
+    from training.demo import change_measures
+
+    flat = np.full((3, 8, 8, 3), 100, np.uint8)
+    ramp = np.tile((np.arange(8, dtype=np.uint8) * 10)[None, None, :, None], (3, 8, 1, 3))
+    assert change_measures(ramp, ramp, 1) == {"mean_abs_change": 0.0, "gradient_energy_change_pct": 0.0}
+    assert change_measures(ramp, ramp + 3, 1) == {"mean_abs_change": 3.0, "gradient_energy_change_pct": 0.0}
+    assert change_measures(flat, ramp, 1)["gradient_energy_change_pct"] is None  # no detail to compare with
+    # a ramp of step 10 against the same ramp at half the contrast: half the gradient energy
+    assert change_measures(ramp, ramp // 2, 1)["gradient_energy_change_pct"] == pytest.approx(-50.0)
