@@ -140,7 +140,7 @@ def gradient_energy(img: np.ndarray) -> np.ndarray:
     return energy
 
 
-def change_measures(before: np.ndarray, after: np.ndarray, k: int) -> dict[str, float]:
+def change_measures(before: np.ndarray, after: np.ndarray, k: int) -> dict[str, float | None]:
     """How far ``after`` is from ``before`` (both (N, H, W, 3) uint8), for footage with no ground truth.
 
     ``mean_abs_change``: mean absolute difference over every value, in 8-bit levels (of 255).
