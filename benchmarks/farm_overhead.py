@@ -27,12 +27,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from erdn_vs import render  # noqa: E402
 from erdn_vs.client import WorkerClient, WorkerUnavailable  # noqa: E402
+from erdn_vs.pipeline.tools import ffmpeg_exe  # noqa: E402
 
 
 def make_clip(path: Path, width: int, height: int, frames: int) -> None:
-    subprocess.run([render.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
                     f"testsrc2=size={width}x{height}:rate=24", "-f", "lavfi", "-i", "sine=frequency=440",
                     "-frames:v", str(frames), "-t", f"{frames / 24:.4f}", "-c:v", "libx264", "-pix_fmt", "yuv420p",
                     "-c:a", "aac", str(path)], check=True)

@@ -97,7 +97,7 @@ def probe(session: Session, step: Step, seconds: float) -> None:
     vpy = session.plan.work / "probe.vpy"
     vpy.write_text("import vapoursynth as vs\nvs.core.std.BlankClip(width=64, height=48, length=1).set_output()\n")
     try:
-        from erdn_vs.render import vspipe_exe
+        from erdn_vs.pipeline.tools import vspipe_exe
 
         rc = session.run(step, [vspipe_exe(), str(vpy), "--"], min(30.0, seconds / 2), log_name="probe-vspipe")
         step.result["vspipe"] = "renders" if rc == 0 else f"failed (exit {rc}): {step.log_tail[-600:]}"

@@ -12,7 +12,7 @@ import sys
 # subcommand -> (module, one-line help). Each module has ``main(argv: list[str]) -> int``.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("training.demo", "deblur a built-in sample clip end to end; results in demo_out/"),
-    "deblur": ("erdn_vs.render", "deblur a video file (vspipe + worker + ffmpeg); --script prints the .vpy"),
+    "deblur": ("erdn_vs.deblur_cli", "deblur a video file (vspipe + worker + ffmpeg); --script prints the .vpy"),
     "worker": ("worker.cli", "run the persistent model worker, or query it (status, stop)"),
     "export": ("worker.export", "export weights as ONNX graphs (stage 1, stage 2, whole window)"),
     "convert": ("worker.convert", "convert an official ERDN checkpoint to erdn-vs weights"),

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from erdn_vs import cli, render
+from erdn_vs import cli
+from erdn_vs.pipeline import encode, tools
 
 
 def erdn(*args: str, python_prelude: str = "", timeout: float = 300) -> subprocess.CompletedProcess:
@@ -36,7 +37,7 @@ def one_line(r: subprocess.CompletedProcess, command: str) -> str:
 @pytest.fixture(scope="module")
 def short_video(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cli") / "ten.mkv"
-    subprocess.run([render.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+    subprocess.run([tools.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
                     "testsrc2=size=64x48:rate=25", "-frames:v", "10", "-c:v", "libx264", "-pix_fmt", "yuv420p",
                     str(path)], check=True)
     return path
@@ -53,10 +54,10 @@ def test_deblur_an_output_ffmpeg_cannot_write_names_ffmpeg_not_vspipe(tmp_path):
     vpy.write_text("import vapoursynth as vs\nvs.core.std.BlankClip(format=vs.YUV420P8, width=64, height=48, "
                    "length=50).set_output()\n")
     out = tmp_path / "out.mkv"
-    ff = [render.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "yuv4mpegpipe", "-i", "pipe:0",
+    ff = [tools.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "yuv4mpegpipe", "-i", "pipe:0",
           "-c:v", "no-such-encoder", str(out)]
-    with pytest.raises(render.RenderError) as e:
-        render.pipe_into_ffmpeg(vpy, ["-c", "y4m"], ff, source=vpy, output=out)
+    with pytest.raises(tools.RenderError) as e:
+        encode.pipe_into_ffmpeg(vpy, ["-c", "y4m"], ff, source=vpy, output=out)
     message = str(e.value)
     assert message.startswith(f"encoding to {out} failed (ffmpeg exit") and "\n" not in message
     assert "Encoder not found" in message and "--codec" in message

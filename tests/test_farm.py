@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from erdn_vs import render
 from erdn_vs.farm.plan import Chunk, plan_chunks
 from erdn_vs.farm.store import ChunkStore, count_frames
+from erdn_vs.pipeline import graph, tools
 
 VSPIPE = Path(sys.executable).parent / "vspipe"
 pytestmark = pytest.mark.skipif(not VSPIPE.exists(), reason=f"vspipe not found next to {sys.executable}")
@@ -33,7 +33,7 @@ EXPECTED_CHUNKS = [(0, 7), (7, 13), (13, 19), (19, 24)]
 
 
 def ffmpeg(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([render.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args],
+    return subprocess.run([tools.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args],
                           check=True, capture_output=True)
 
 
@@ -170,11 +170,11 @@ def test_ray_client_connection_is_retried_when_the_server_was_not_ready(monkeypa
     driver._connect(ray, "ray://127.0.0.1:10001")
     assert (ray.inits, ray.shutdowns) == (driver.CLIENT_CONNECT_TRIES, driver.CLIENT_CONNECT_TRIES - 1)
     ray = _FlakyRay(failures=driver.CLIENT_CONNECT_TRIES)
-    with pytest.raises(render.RenderError, match=r"^cannot start or reach the Ray cluster at 'ray://127.0.0.1:10001': "
+    with pytest.raises(tools.RenderError, match=r"^cannot start or reach the Ray cluster at 'ray://127.0.0.1:10001': "
                        r"Initialization failure from server:; start one"):
         driver._connect(ray, "ray://127.0.0.1:10001")
     ray = _FlakyRay(failures=1)  # not a Ray client address: nothing to retry
-    with pytest.raises(render.RenderError, match="cannot start or reach the Ray cluster at '10.0.0.1:6379'"):
+    with pytest.raises(tools.RenderError, match="cannot start or reach the Ray cluster at '10.0.0.1:6379'"):
         driver._connect(ray, "10.0.0.1:6379")
     assert ray.inits == 1
 
@@ -184,7 +184,7 @@ def test_store_keeps_a_chunk_only_with_all_its_frames(tmp_path):
     ffmpeg("-f", "lavfi", "-i", "testsrc2=size=32x32:rate=24", "-frames:v", "3", "-c:v", "ffv1", str(video))
     store = ChunkStore(tmp_path / "chunks", "k", {"what": "test"})
     short = Chunk(0, 0, 4)
-    with pytest.raises(render.RenderError, match="3 frames instead of 4"):
+    with pytest.raises(tools.RenderError, match="3 frames instead of 4"):
         store.put(short, video.read_bytes())
     assert not store.done(short) and not list(store.dir.glob("chunk-*")) and not list(store.dir.glob(".*partial"))
     right = Chunk(1, 4, 7)
@@ -195,7 +195,7 @@ def test_scene_cuts_mark_the_source_frames(clip):
     import vapoursynth as vs
 
     src, cuts = clip
-    script = render.build_script(src, weights="unused.safetensors", scene_cuts=render.read_scene_cuts(cuts))
+    script = graph.build_script(src, weights="unused.safetensors", scene_cuts=graph.read_scene_cuts(cuts))
     lines = [line for line in script.splitlines() if "erdn_vs.deblur(" not in line and "set_output" not in line]
     scope: dict = {}
     exec("\n".join(lines), scope)  # the script's own source and marking, up to the deblur call
@@ -224,8 +224,8 @@ def test_without_ray_the_message_says_how_to_install_it(clip, tmp_path):
 
 
 def test_erdn_vs_never_imports_ray():
-    code = ("import sys, erdn_vs, erdn_vs.render, erdn_vs.filter, erdn_vs.farm, erdn_vs.farm.plan, "
-            "erdn_vs.farm.store; print('ray' in sys.modules)")
+    code = ("import sys, erdn_vs, erdn_vs.deblur_cli, erdn_vs.pipeline.render, erdn_vs.filter, erdn_vs.farm, "
+            "erdn_vs.farm.plan, erdn_vs.farm.store; print('ray' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"

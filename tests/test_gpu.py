@@ -144,7 +144,7 @@ def test_tiled_matches_the_whole_frame(tmp_path: Path, width: int, height: int, 
 def _render(weights: Path, endpoint: str, width: int, height: int, length: int) -> bytes:
     from test_vspipe import SCRIPT
 
-    from erdn_vs.render import vspipe_exe
+    from erdn_vs.pipeline.tools import vspipe_exe
 
     args = {"weights": weights, "endpoint": endpoint, "fmt": "RGB24", "length": length, "width": width,
             "height": height, "autostart": 0}

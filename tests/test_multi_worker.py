@@ -16,8 +16,9 @@ from test_vspipe import VSPIPE, sensitive_tiny, spec_window, split_frames, stats
 
 import erdn_vs.client
 from erdn_vs import spread
+from erdn_vs.deblur_cli import parse_args
 from erdn_vs.filter import deblur
-from erdn_vs.render import build_script, parse_args, script_for
+from erdn_vs.pipeline.graph import build_script, script_for
 
 VPY = Path(__file__).resolve().parent / "vpy"
 sys.path.insert(0, str(VPY))
@@ -329,7 +330,8 @@ def test_erdn_deblur_keeps_every_worker_busy() -> None:
     """`erdn deblur` with several endpoints: vspipe requests a stripe per worker, VapourSynth runs their lanes."""
     import argparse
 
-    from erdn_vs.render import build_script, requests_args
+    from erdn_vs.pipeline.graph import build_script
+    from erdn_vs.pipeline.render import requests_args
 
     two = ["ipc:///tmp/a.sock", "ipc:///tmp/b.sock"]
     assert requests_args(argparse.Namespace(endpoint=[two])) == ["--requests", "16"]  # 2 workers x stripe 8

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from erdn_vs import render
+from erdn_vs import deblur_cli
+from erdn_vs.pipeline import graph, tools
 
 W, H, N = 64, 48, 10
 VSPIPE = Path(sys.executable).parent / "vspipe"
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.skipif(not VSPIPE.exists(), reason=f"vspipe not found n
 
 
 def ffmpeg(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([render.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args],
+    return subprocess.run([tools.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args],
                           check=True, capture_output=True, **kw)
 
 
@@ -39,7 +40,7 @@ def decode(path: Path) -> np.ndarray:
 
 
 def streams(path: Path) -> str:
-    r = subprocess.run([render.ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True)
+    r = subprocess.run([tools.ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True)
     return r.stderr
 
 
@@ -78,7 +79,7 @@ def test_chunks_concatenate_to_the_single_run(source_video, tiny_weights, worker
 
 
 def test_frame_range_is_applied_after_deblurring():
-    script = render.build_script("in.mp4", weights="w.safetensors", frame_range=render.FrameRange.parse("5:9"))
+    script = graph.build_script("in.mp4", weights="w.safetensors", frame_range=graph.FrameRange.parse("5:9"))
     lines = script.splitlines()
     assert "frames=" not in script  # no --window: deblur takes the model's own
     assert lines.index("clip.set_output()") > [i for i, s in enumerate(lines) if "clip[5:9]" in s][0]
@@ -137,7 +138,7 @@ def test_failed_render_leaves_no_output(source_video, worker_endpoint, tmp_path)
 @pytest.mark.parametrize("bad", ["5", "9:3", "a:b"])
 def test_bad_frame_range_is_refused(bad):
     with pytest.raises(SystemExit):
-        render.parse_args(["in.mp4", "-o", "out.mkv", "--frames", bad])
+        deblur_cli.parse_args(["in.mp4", "-o", "out.mkv", "--frames", bad])
 
 
 # ---------------------------------------------------------------- files as users have them
@@ -147,14 +148,14 @@ VFR_TIMES_MS = [0, 40, 80, 120, 160, 200, 240, 340, 440, 540, 640, 740]  # 6 fra
 
 def frame_times_ms(path: Path) -> list[int]:
     """Each decoded video frame's presentation time in ms, as ffmpeg's showinfo filter prints it."""
-    r = subprocess.run([render.ffmpeg_exe(), "-hide_banner", "-i", str(path), "-map", "0:v:0", "-vf", "showinfo",
+    r = subprocess.run([tools.ffmpeg_exe(), "-hide_banner", "-i", str(path), "-map", "0:v:0", "-vf", "showinfo",
                         "-f", "null", "-"], capture_output=True, text=True, check=True)
     return [round(float(t) * 1000) for t in re.findall(r"pts_time:([\d.]+)", r.stderr)]
 
 
 def audio_seconds(path: Path) -> float:
     """How long the audio stream runs, from decoding it (the last `time=` ffmpeg reports)."""
-    r = subprocess.run([render.ffmpeg_exe(), "-hide_banner", "-i", str(path), "-map", "0:a:0", "-f", "null", "-"],
+    r = subprocess.run([tools.ffmpeg_exe(), "-hide_banner", "-i", str(path), "-map", "0:a:0", "-f", "null", "-"],
                        capture_output=True, text=True, check=True)
     h, m, s = re.findall(r"time=(\d+):(\d+):([\d.]+)", r.stderr)[-1]
     return int(h) * 3600 + int(m) * 60 + float(s)
@@ -165,7 +166,7 @@ BEEP_AT = 0.44  # the test audio is silent until the source's frame 8 starts, th
 
 def beep_ms(path: Path) -> int:
     """When the beep starts on the file's timeline: the audio stream's start plus the first loud sample."""
-    r = subprocess.run([render.ffmpeg_exe(), "-hide_banner", "-i", str(path), "-map", "0:a:0", "-af", "ashowinfo",
+    r = subprocess.run([tools.ffmpeg_exe(), "-hide_banner", "-i", str(path), "-map", "0:a:0", "-af", "ashowinfo",
                         "-f", "s16le", "-ac", "1", "-ar", "44100", "pipe:1"], capture_output=True, check=True)
     first = float(re.findall(rb"pts_time:(-?[\d.]+)", r.stderr)[0])
     loud = np.flatnonzero(np.abs(np.frombuffer(r.stdout, np.int16)) > 3000)

@@ -42,7 +42,7 @@ def make_sample(width: int, height: int, frames: int, seed: int) -> tuple[np.nda
 
 def write_lossless(path: Path, frames: np.ndarray, fps: int = 24) -> None:
     """RGB frames -> FFV1 in Matroska, planar RGB, so nothing is lost to chroma subsampling."""
-    from erdn_vs.render import ffmpeg_exe
+    from erdn_vs.pipeline.tools import ffmpeg_exe
 
     n, h, w, _ = frames.shape
     cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
@@ -52,7 +52,7 @@ def write_lossless(path: Path, frames: np.ndarray, fps: int = 24) -> None:
 
 
 def read_rgb_video(path: Path, width: int, height: int) -> np.ndarray:
-    from erdn_vs.render import ffmpeg_exe
+    from erdn_vs.pipeline.tools import ffmpeg_exe
 
     cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-i", str(path), "-f", "rawvideo",
            "-pix_fmt", "rgb24", "pipe:1"]
@@ -210,7 +210,8 @@ def deblur_file(
 ) -> tuple[np.ndarray, float] | None:
     """``erdn deblur`` (the real path) on a lossless file; returns (restored frames, seconds), or None after
     printing why. Also writes restored.mp4 beside ``restored_path``, a copy any player shows."""
-    from erdn_vs import render
+    from erdn_vs import deblur_cli
+    from erdn_vs.pipeline.tools import ffmpeg_exe
 
     deblur_args = [str(sample), "-o", str(restored_path), "--lossless", "--pix-fmt", "gbrp", "--no-audio",
                    "--device", args.device]
@@ -219,7 +220,7 @@ def deblur_file(
             deblur_args += [f"--{flag}", getattr(args, flag)]
     print(f"{PROG}: erdn deblur {' '.join(deblur_args)}", file=sys.stderr)
     t0 = time.perf_counter()
-    if render.main(deblur_args) != 0:
+    if deblur_cli.main(deblur_args) != 0:
         print(f"{PROG}: deblurring failed (see above)", file=sys.stderr)
         return None
     seconds = time.perf_counter() - t0
@@ -229,7 +230,7 @@ def deblur_file(
         print(f"{PROG}: restored video has {restored.shape[0]} frames of {restored.shape[1:3]}, expected "
               f"{n} of {(h, w)}", file=sys.stderr)
         return None
-    subprocess.run([render.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(restored_path),
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(restored_path),
                     "-c:v", "libx264", "-crf", "12", "-pix_fmt", "yuv420p",
                     str(restored_path.with_suffix(".mp4"))], check=True)
     return restored, seconds

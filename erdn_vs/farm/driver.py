@@ -23,9 +23,11 @@ from collections import deque
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .. import render, source
 from ..manifest import load_manifest
-from ..render import RenderError
+from ..pipeline import encode, graph, source
+from ..pipeline.graph import FrameRange
+from ..pipeline.output import check_paths
+from ..pipeline.tools import RenderError, ffmpeg_exe
 from .plan import Chunk, plan_chunks
 from .renderer import ChunkFailed, ChunkJob, ChunkRenderer, Shipped
 from .store import ChunkStore, chunk_suffix, count_frames, file_identity, run_key
@@ -63,8 +65,8 @@ def render_on_ray(args: argparse.Namespace) -> Path:
     if args.actors is not None and args.actors < 1:
         raise RenderError(f"--actors must be at least 1, got {args.actors}")
     input_path, output = Path(args.input), Path(args.output)
-    render.check_paths(input_path, output)
-    cuts = render.read_scene_cuts(args.scene_cuts) if args.scene_cuts else []
+    check_paths(input_path, output)
+    cuts = graph.read_scene_cuts(args.scene_cuts) if args.scene_cuts else []
     info, src, timecodes = _probe(args, input_path, cuts)
     length = int(info["Frames"])
     start = args.frames.start if args.frames else 0
@@ -72,7 +74,7 @@ def render_on_ray(args: argparse.Namespace) -> Path:
     if start >= length:
         raise RenderError(f"--frames starts at {start}, but {input_path} has {length} frames")
     chunks = plan_chunks(start, end, args.chunk_frames, cuts)
-    encoder = render.encoder_args(args.codec, args.crf, args.pix_fmt, args.lossless, args.preset)
+    encoder = encode.encoder_args(args.codec, args.crf, args.pix_fmt, args.lossless, args.preset)
     job = ChunkJob(input=str(input_path.resolve()), model=args.model,
                    weights=str(Path(args.weights).resolve()) if args.weights else None, window=args.window,
                    device=args.device, precision=args.precision, scene_cuts=tuple(cuts),
@@ -117,16 +119,16 @@ def _probe(args: argparse.Namespace, input_path: Path,
     evaluated here once as ``erdn deblur`` does: bad input fails before any chunk."""
     with tempfile.TemporaryDirectory(prefix="erdn-farm-") as tmp:
         src = source.probe(input_path, Path(tmp))
-        script = render.build_script(input_path, model=args.model, weights=args.weights, window=args.window,
+        script = graph.build_script(input_path, model=args.model, weights=args.weights, window=args.window,
                                      device=args.device, precision=args.precision, scene_cuts=cuts,
                                      timecodes=src.timecodes if src.variable_rate else None)
         vpy = Path(tmp) / "deblur.vpy"
         vpy.write_text(script)
         try:
-            info = render.script_info(vpy)
+            info = graph.script_info(vpy)
         except RenderError as e:
             raise RenderError(f"rendering {input_path} failed: {e}") from None
-        render.pipe_formats(info, src.variable_rate)  # a format ffmpeg cannot take fails here, not in every chunk
+        graph.pipe_formats(info, src.variable_rate)  # a format ffmpeg cannot take fails here, not in every chunk
         timecodes = src.timecodes.read_text() if src.variable_rate else None  # the file goes with tmp
     return info, src, timecodes
 
@@ -337,7 +339,7 @@ def _at(n: int, src: source.SourceInfo) -> float:
 
 
 def join(store: ChunkStore, chunks: list[Chunk], input_path: Path, output: Path, *,
-         frame_range: render.FrameRange | None, src: source.SourceInfo, audio: bool) -> None:
+         frame_range: FrameRange | None, src: source.SourceInfo, audio: bool) -> None:
     """Concatenate the chunks' video without re-encoding, with the source's audio, into ``output``.
 
     Written under a ``.partial`` name and renamed once it holds every frame. Raises RenderError.
@@ -349,10 +351,10 @@ def join(store: ChunkStore, chunks: list[Chunk], input_path: Path, output: Path,
     listing.write_text("ffconcat version 1.0\n" + "".join(
         _concat_entry(store.path(c), _at(c.start, src) - origin, _at(c.end, src) - origin) for c in chunks))
     partial = output.with_name(f".{output.stem}.partial{output.suffix}")
-    ff = [render.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0",
+    ff = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0",
           "-i", str(listing)]
     if audio:
-        ff += render.audio_input_args(input_path, frame_range, float(src.fps), times=src if vfr else None)
+        ff += encode.audio_input_args(input_path, frame_range, float(src.fps), times=src if vfr else None)
         ff += ["-map", "0:v:0", "-map", "1:a?", "-c:a", "copy"]
     else:
         ff += ["-map", "0:v:0"]

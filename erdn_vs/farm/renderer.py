@@ -2,8 +2,8 @@
 
 The actor starts ``python -m worker`` on a node-local ipc endpoint and keeps it for its whole
 life, so the model loads once per actor, not once per chunk. A chunk is the ordinary ``erdn
-deblur`` graph cut to the chunk's frames (``render.build_script``), piped by vspipe into ffmpeg
-(``render.pipe_into_ffmpeg``) into a file on the node; the file's bytes go back to the driver
+deblur`` graph cut to the chunk's frames (``pipeline.graph.build_script``), piped by vspipe into ffmpeg
+(``pipeline.encode.pipe_into_ffmpeg``) into a file on the node; the file's bytes go back to the driver
 through Ray's object store. The worker dies with the actor (``PR_SET_PDEATHSIG``); if the worker
 dies first, the actor exits too, so that Ray restarts both and retries the chunk.
 
@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import render
+from ..pipeline import encode, graph
+from ..pipeline.tools import RenderError, ffmpeg_exe
 from .plan import Chunk
 from .store import count_frames
 
@@ -43,7 +44,7 @@ class ChunkJob:
     """What every chunk of one render shares: the graph's options and the encoder's.
 
     ``input`` and ``weights`` are paths as the nodes see them, unless shipped (see ``Shipped``).
-    ``info``: the graph's output format as ``render.script_info`` reports it (the driver's probe).
+    ``info``: the graph's output format as ``pipeline.graph.script_info`` reports it (the driver's probe).
     ``timecodes``: a variable-frame-rate input's timestamps (timecodes v2 text), else None.
     ``suffix``: the chunks' container (the output's: ``store.chunk_suffix``).
     """
@@ -161,9 +162,9 @@ class ChunkRenderer:
             timecodes = self._timecodes(job.timecodes)
         except (OSError, RuntimeError) as e:
             raise self._failed(chunk, str(e)) from None
-        script = render.build_script(
+        script = graph.build_script(
             source, model=job.model, weights=weights, window=job.window, device=job.device,
-            precision=job.precision, endpoint=self.endpoint, frame_range=render.FrameRange(chunk.start, chunk.end),
+            precision=job.precision, endpoint=self.endpoint, frame_range=graph.FrameRange(chunk.start, chunk.end),
             scene_cuts=list(job.scene_cuts), timecodes=timecodes, autostart=False)
         work = self.dir / chunk.name
         shutil.rmtree(work, ignore_errors=True)  # what an earlier, killed attempt left
@@ -171,16 +172,16 @@ class ChunkRenderer:
         vpy, out = work / "chunk.vpy", work / f"{chunk.name}{job.suffix}"
         vpy.write_text(script)
         try:
-            vs_format, video_in, timing = render.pipe_formats(job.info, timecodes is not None)
+            vs_format, video_in, timing = graph.pipe_formats(job.info, timecodes is not None)
             # The frames come in at their place on the output's timeline (-itsoffset, exact in the input's
             # time base), so Matroska rounds each timestamp once, as the single render does.
-            ff = [render.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *video_in,
+            ff = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *video_in,
                   "-itsoffset", f"{start_s:.6f}", "-i", "pipe:0", "-map", "0:v:0", *job.encoder,
                   *(timing or ["-fps_mode", "passthrough"]), str(out)]
-            render.pipe_into_ffmpeg(vpy, vs_format, ff, source=Path(source), output=out,
+            encode.pipe_into_ffmpeg(vpy, vs_format, ff, source=Path(source), output=out,
                                     on_progress=lambda done, _total: self._set_done(chunk.index, done))
             frames = count_frames(out)
-        except render.RenderError as e:
+        except RenderError as e:
             if self._worker is not None and self._worker.poll() is not None:
                 self._worker_died(chunk)
             raise self._failed(chunk, str(e)) from None

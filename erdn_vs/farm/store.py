@@ -23,7 +23,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from ..render import RenderError, ffmpeg_exe
+from ..pipeline.tools import RenderError, ffmpeg_exe
 from .plan import Chunk
 
 

@@ -144,7 +144,7 @@ def main(argv: list[str]) -> int:
         print(f"{PROG}: --precision fp16 needs --device cuda; use fp32 or bf16 on the CPU", file=sys.stderr)
         return 2
     sizes = args.sizes or [(640, 360), (1280, 720)] + ([(1920, 1080)] if args.device.startswith("cuda") else [])
-    from erdn_vs.render import RenderError, vspipe_exe
+    from erdn_vs.pipeline.tools import RenderError, vspipe_exe
 
     from .harness import BenchError
     from .official import OfficialError

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import vapoursynth as vs
 
-from .formats import FIELD_ORDER
+from ..formats import FIELD_ORDER
+from .tools import ffmpeg_exe
 
 # Containers round timestamps (Matroska to 1 ms); a frame this close to n/fps is on the constant-rate grid.
 GRID_TOLERANCE = Fraction(1, 1000)
@@ -93,8 +94,6 @@ def probe(path: Path, workdir: Path) -> SourceInfo:
 
 def _unreadable(path: Path, error: str) -> str:
     """One line for a file bestsource refused: no video stream, or not a video at all."""
-    from .render import ffmpeg_exe
-
     try:
         listing = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True,
                                  timeout=60, stdin=subprocess.DEVNULL).stderr
@@ -135,12 +134,12 @@ def keep_timestamps(clip: vs.VideoNode, timecodes: str | Path) -> vs.VideoNode:
     """
     times = read_timecodes(Path(timecodes))
     if len(times) != clip.num_frames:
-        raise vs.Error(f"erdn_vs.source.keep_timestamps: {timecodes} has {len(times)} timestamps for "
+        raise vs.Error(f"erdn_vs.pipeline.source.keep_timestamps: {timecodes} has {len(times)} timestamps for "
                        f"{clip.num_frames} frames; give the file written for this clip")
     fps = Fraction(clip.fps.numerator, clip.fps.denominator) if clip.fps.denominator else Fraction(0)
     durations = [b - a for a, b in zip(times, times[1:], strict=False)] + [last_duration(times, fps)]
     if any(d <= 0 for d in durations):
-        raise vs.Error(f"erdn_vs.source.keep_timestamps: {timecodes} has timestamps that do not increase; "
+        raise vs.Error(f"erdn_vs.pipeline.source.keep_timestamps: {timecodes} has timestamps that do not increase; "
                        "remux the file (`ffmpeg -i IN -c copy OUT.mkv`) and try again")
 
     def set_duration(n: int, f: vs.VideoFrame) -> vs.VideoFrame:
