@@ -24,10 +24,25 @@ class ManifestError(ValueError):
     """plugin_manifest.yaml is missing or malformed; the message names the file and the entry."""
 
 
+# An installed wheel carries the repository's manifest inside this package (setup.py copies it at build time);
+# a checkout, editable install included, reads the one at the repository root.
+_PACKAGED = Path(__file__).resolve().parent / "plugin_manifest.yaml"
+_CHECKOUT = Path(__file__).resolve().parent.parent / "plugin_manifest.yaml"
+
+
 def manifest_path() -> Path:
-    """$ERDN_MANIFEST, else plugin_manifest.yaml at the repository root (next to the erdn_vs package)."""
+    """$ERDN_MANIFEST, else the installed wheel's copy, else plugin_manifest.yaml at the repository root."""
     env = os.environ.get(MANIFEST_ENV)
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "plugin_manifest.yaml"
+    if env:
+        return Path(env)
+    return _PACKAGED if _PACKAGED.is_file() else _CHECKOUT
+
+
+def manifest_base(path: Path) -> Path:
+    """The directory a manifest's relative ``file:`` entries start from: the manifest's own, except for a wheel's
+    packaged copy, whose entries (``worker/weights/...``) start where the packages are installed."""
+    path = Path(path).resolve()
+    return path.parent.parent if path == _PACKAGED else path.parent
 
 
 @dataclass(frozen=True)
@@ -104,7 +119,7 @@ class Param:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A shipped model; ``file`` is relative to the manifest."""
+    """A shipped model; ``file`` is relative to the manifest (``manifest_base``)."""
 
     name: str
     file: str
@@ -221,7 +236,7 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
     models_raw = data["models"] or []
     if not isinstance(models_raw, list):
         raise ManifestError(f"{path}: models must be a list (possibly empty)")
-    models = tuple(_model(m, f"{path}: models[{i}]", path.parent) for i, m in enumerate(models_raw))
+    models = tuple(_model(m, f"{path}: models[{i}]", manifest_base(path)) for i, m in enumerate(models_raw))
     if len({m.name for m in models}) != len(models):
         raise ManifestError(f"{path}: duplicate model names")
     return Manifest(path, dict(plugin), functions, dict(worker), models)

@@ -8,9 +8,10 @@ give silently wrong pictures).
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from erdn_vs.manifest import manifest_base, manifest_path
 
 MANIFEST_ENV = "ERDN_MANIFEST"
 
@@ -28,11 +29,8 @@ class ResolvedWeights:
 
 
 def default_manifest() -> Path:
-    """$ERDN_MANIFEST, else plugin_manifest.yaml next to the worker package (the repo root)."""
-    env = os.environ.get(MANIFEST_ENV)
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "plugin_manifest.yaml"
+    """$ERDN_MANIFEST, else the installed wheel's copy, else plugin_manifest.yaml at the repo root."""
+    return manifest_path()
 
 
 _sha_cache: dict[tuple[str, int, int], str] = {}
@@ -92,7 +90,7 @@ def resolve(model: str | None, weights: str | None, manifest: Path | None = None
     file = entry.get("file")
     if not isinstance(file, str):
         raise ModelNotFound(f"{manifest}: model {model!r} has no 'file'")
-    path = (manifest.parent / file).resolve()
+    path = (manifest_base(manifest) / file).resolve()
     if not path.is_file():
         raise ModelNotFound(f"model {model!r}: weights file {path} (from {manifest}) does not exist; "
                             "download or train it, or pass weights=PATH")
