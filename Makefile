@@ -3,6 +3,7 @@ PYTHON ?= python3.12
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: test demo lint clean gpu-wheels
 
@@ -20,14 +21,23 @@ $(STAMP): pyproject.toml constraints.txt
 	$(VENV)/bin/vapoursynth config >&2
 	@touch $(STAMP)
 
+# The demo needs the worker, erdn deblur's video tools and the sample's makers (pyproject's `demo` extra): no Ray,
+# vspreview, test tools or system packages. Where `make test` installed everything already, this is a quick no-op.
+$(DEMO_STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[demo]'
+	$(VENV)/bin/vapoursynth config >&2
+	@touch $(DEMO_STAMP)
+
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(VENV)/bin/erdn demo
 
-# Wheels a lent GPU machine lacks, into gpu_wheels/ (ignored), to carry to it (README: GPU session).
+# Wheels a lent GPU machine lacks, into gpu_wheels/ (ignored), to carry to it (docs/gpu-session.md).
 gpu-wheels: $(STAMP)
 	$(PY) benchmarks/gpu_wheels.py
 
