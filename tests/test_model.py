@@ -188,3 +188,89 @@ def test_residual_preset_starts_as_the_identity():
         full = model.cascade(x)
     torch.testing.assert_close(full.out, x[:, 2], atol=1e-6, rtol=0)
     torch.testing.assert_close(full.stages[1].aligned, x[:, 1:4], atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------- reduced internal resolution (issue 29)
+
+REDUCED = ["quarter", "half", "quarter_gated", "quarter_deep", "quarter_early", "tiny_stem"]
+
+
+@pytest.mark.parametrize("name", REDUCED)
+def test_reduced_resolution_presets_start_as_the_identity_at_any_size(name):
+    """Frames enter pixel-unshuffled and leave pixel-shuffled with the residual: a fresh model is the identity,
+    on a size off the stride (padded inside) as on one on it."""
+    torch.manual_seed(5)
+    model = build_model(name, frames=3).eval()
+    assert model.stride == 8 * model.cfg.stem and model.cfg.stem > 1
+    for h, w in [(model.stride, 2 * model.stride), (37, 50)]:
+        x = torch.rand(1, 3, 3, h, w)
+        with torch.no_grad():
+            y = model(x)
+        torch.testing.assert_close(y, x[:, 1], atol=1e-6, rtol=0)
+
+
+def test_reduced_resolution_stage_learns_and_returns_full_resolution_outputs():
+    """One Adam step moves a stem-2 model off the identity; every output keeps full resolution, and the stage
+    refuses sizes that are multiples of the full-resolution STRIDE but not of its own."""
+    torch.manual_seed(6)
+    model = build_model("tiny_stem", frames=5)
+    x = torch.rand(2, 5, 3, 32, 48)
+    out = model.cascade(x)
+    assert out.out.shape == (2, 3, 32, 48)
+    for s in out.stages:
+        assert s.grad.shape == (2, 3, 32, 48) and s.aligned.shape == (2, 3, 3, 32, 48)
+    out.out.sub(x[:, 2] * 0.5).abs().mean().backward()
+    torch.optim.Adam(model.parameters(), lr=1e-2).step()
+    with torch.no_grad():
+        assert not torch.allclose(model.cascade(x).out, x[:, 2], atol=1e-4)
+    with pytest.raises(ValueError, match="divisible by 16"):
+        model.run_stage1(torch.rand(1, 3, 3, STRIDE, 2 * STRIDE))
+
+
+def test_stem_1_keeps_the_official_layout():
+    """The options of the reduced presets change nothing where they are off: lite's parameter names are the
+    same as before they existed (its weights files load) and paper's count still matches the official code."""
+    names = {n for n, _ in build_model("lite", frames=3).named_parameters()}
+    assert not any("middle" in n or "norm" in n for n in names)
+    assert "stage1.restore.decoder2.1.0.weight" in names  # the transposed conv's slot is unchanged
+    assert PRESETS["lite"].stride == STRIDE
+
+
+def test_gated_block_is_the_identity_at_init_and_normalises_per_pixel():
+    from worker.model.blocks import GatedBlock, LayerNorm2d
+
+    torch.manual_seed(7)
+    x = torch.randn(2, 8, 5, 6)
+    torch.testing.assert_close(GatedBlock(8)(x), x)
+    ln = LayerNorm2d(8)
+    expect = torch.nn.functional.layer_norm(x.permute(0, 2, 3, 1), (8,), eps=1e-6).permute(0, 3, 1, 2)
+    torch.testing.assert_close(ln(x), expect, atol=1e-5, rtol=1e-5)
+
+
+def test_resize_upsampling_has_no_checkerboard():
+    """A resize-convolution maps a constant map to a constant map (away from the border); the transposed
+    conv does not: its kernel overlaps unevenly, the cause of grid artefacts."""
+    from worker.model.blocks import up_relu
+
+    torch.manual_seed(8)
+    x = torch.ones(1, 4, 8, 8)
+    for mode, flat in [("resize", True), ("transpose", False)]:
+        y = up_relu(4, 4, mode)[:-1](x)[..., 2:-2, 2:-2]  # without the ReLU
+        spread = (y.amax(dim=(2, 3)) - y.amin(dim=(2, 3))).max()
+        assert (spread < 1e-5) == flat, (mode, float(spread))
+
+
+@pytest.mark.parametrize("bad", [{"stem": 3}, {"block": "nafnet"}, {"upsample": "nearest"},
+                                 {"restore_middle_blocks": -1}, {"align_neighbours": 1}])
+def test_reduced_options_are_checked(bad):
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        replace(PRESETS["quarter"], **bad)
+
+
+def test_early_fusion_preset_has_no_alignment_and_costs_less():
+    model = build_model("quarter_early", frames=3)
+    names = {n for n, _ in model.named_parameters()}
+    assert not any("pyramid_align" in n or "conv_first" in n for n in names)
+    assert n_params(model) < n_params(build_model("quarter", frames=3))

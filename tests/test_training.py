@@ -527,3 +527,26 @@ def test_more_train_roots_join_the_training_set(tmp_path: Path, dataset: Path, c
     assert "erdn train:" in err and str(tmp_path / "missing") in err
     assert main([str(two), "--restart", "--set", "data.more_train_roots=3"]) == 2
     assert "data.more_train_roots must be a list of dataset folders" in capsys.readouterr().err
+
+
+def test_checkpoint_copy_in_bf16_resumes_with_exact_steps(tmp_path: Path, dataset: Path) -> None:
+    """checkpoint_copy_bf16 keeps weights, EMA and Adam moments in bf16 (half the bytes) and still resumes."""
+    kept = tmp_path / "kept"
+    first = write_config(tmp_path / "a.yaml", dataset, tmp_path / "a", checkpoint_copy=str(kept),
+                         checkpoint_copy_bf16=True, ema=0.9, model={"preset": "tiny_stem", "frames": 3})
+    assert main([str(first), "--set", "iterations=2"]) == 0
+    full, copy = load_checkpoint(tmp_path / "a" / "last.ckpt"), load_checkpoint(kept / "last.ckpt")
+    assert {t.dtype for t in copy["model"].values()} == {torch.bfloat16}
+    assert {t.dtype for t in full["model"].values()} == {torch.float32}
+    moments = [s for s in copy["optimizer"]["state"].values()]
+    assert moments and all(m["exp_avg"].dtype == torch.bfloat16 for m in moments)
+    assert all(m["step"].dtype == torch.float32 and float(m["step"]) == 2.0 for m in moments)
+    assert copy["rng"]["torch"].dtype == torch.uint8
+    for name, t in full["model"].items():
+        assert torch.equal(copy["model"][name], t.to(torch.bfloat16)), name
+    elsewhere = write_config(tmp_path / "b.yaml", dataset, tmp_path / "b", checkpoint_copy=str(kept),
+                             checkpoint_copy_bf16=True, ema=0.9, model={"preset": "tiny_stem", "frames": 3})
+    assert main([str(elsewhere)]) == 0
+    resumed = load_checkpoint(tmp_path / "b" / "last.ckpt")
+    assert resumed["iteration"] == 4 and {t.dtype for t in resumed["model"].values()} == {torch.float32}
+    assert [i for i, _ in losses(tmp_path / "b")] == ["1", "2", "3", "4"]

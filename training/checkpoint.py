@@ -60,6 +60,22 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")
 
 
+def floats_to_bf16(state: Any) -> Any:
+    """A copy of ``state`` (nested dicts and lists) with every floating-point tensor in bfloat16.
+
+    Integer tensors (generator states) and Adam's ``step`` counts (float tensors that must stay exact) stay as
+    they are. ``load_state_dict`` of modules and of torch optimizers casts the values back to their parameters'
+    dtype.
+    """
+    if isinstance(state, torch.Tensor):
+        return state.to(torch.bfloat16) if state.is_floating_point() else state
+    if isinstance(state, dict):
+        return {k: v if k == "step" else floats_to_bf16(v) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(floats_to_bf16(v) for v in state)
+    return state
+
+
 def rng_state() -> dict[str, Any]:
     """Torch's CPU (and CUDA) generator states as tensors."""
     state: dict[str, Any] = {"torch": torch.get_rng_state()}

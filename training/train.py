@@ -35,7 +35,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from training.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from training.checkpoint import (
+    CheckpointError,
+    floats_to_bf16,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from training.config import ConfigError, TrainConfig, load_config
 from training.data import DatasetError, TrainWindows, find_videos, window_indices
 from training.data.images import read_rgb, to_uint8
@@ -421,8 +428,8 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
         if main_process:
             print(f"erdn train: started from the weights of {cfg.model.init_from}", file=sys.stderr)
 
-    def save_last(iteration: int) -> None:
-        save_checkpoint(
+    def save_last(iteration: int) -> dict[str, Any]:
+        state = (
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -435,9 +442,10 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
                 "train_seconds": train_seconds,
                 "core_seconds": core_seconds,
             }
-            | ({"ema": ema.state_dict()} if ema is not None else {}),
-            ckpt_path,
+            | ({"ema": ema.state_dict()} if ema is not None else {})
         )
+        save_checkpoint(state, ckpt_path)
+        return state
 
     if main_process and device.type == "cpu":
         in_bf16, native = cpu_steps_in_bf16(cfg.cpu_bf16, device), cpu_has_native_bf16()
@@ -548,11 +556,14 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
             due = iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations or minutes_due
             stopping = signum != 0
             if main_process and (due or keep or stopping):
-                save_last(iteration)
+                state = save_last(iteration)
                 last_ckpt_time = time.time()
                 if copy_dir is not None:
                     copy_dir.mkdir(parents=True, exist_ok=True)
-                    for name in ("last.ckpt", "log.csv"):
+                    if cfg.checkpoint_copy_bf16:
+                        save_checkpoint(floats_to_bf16(state), copy_dir / "last.ckpt")
+                    kept = ("log.csv",) if cfg.checkpoint_copy_bf16 else ("last.ckpt", "log.csv")
+                    for name in kept:
                         shutil.copyfile(run_dir / name, copy_dir / f"{name}.partial")
                         (copy_dir / f"{name}.partial").replace(copy_dir / name)
                 if keep:

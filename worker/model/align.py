@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import ScaledResBlock, channels_last, one_image_at_a_time
+from .blocks import channels_last, one_image_at_a_time, residual_block
 from .dcn import ModulatedDeformConvPack
 from .encoder_decoder import EncoderDecoder
 from .presets import ERDNConfig
@@ -103,31 +103,46 @@ def _upsample2(x: Tensor) -> Tensor:
 
 
 class AlignmentModule(nn.Module):
-    """Takes a triplet (B, 3, 3, H, W); returns the aligned, restored triplet (B, 3, 3, H, W).
+    """Takes a triplet (B, 3, C, H, W); returns the aligned, restored triplet (B, 3, C, H, W).
 
-    Slots 0 and 2 are the neighbours rebuilt from their aligned features; slot 1 is the
-    reference pre-deblurred by the centre encoder-decoder.
+    C is ERDNConfig.image_channels (3, or 3 * stem^2 for pixel-unshuffled frames). Slots 0 and 2
+    are the neighbours rebuilt from their aligned features; slot 1 is the reference pre-deblurred
+    by the centre encoder-decoder. With ``align_neighbours`` off there is no deformable alignment:
+    the neighbours reach the stage only through the centre encoder-decoder's input (early fusion),
+    and every slot is the pre-deblurred centre.
     """
 
     def __init__(self, cfg: ERDNConfig) -> None:
         super().__init__()
         f = cfg.align_feat
-        self.conv_first = nn.Conv2d(3, f, 3, 1, 1)
-        self.extract = nn.Sequential(*(ScaledResBlock(f) for _ in range(cfg.extract_blocks)))
-        # Levels 2..4 of the pyramid: a stride-2 conv then a 3x3 conv each.
-        self.down = nn.ModuleList(
-            nn.ModuleList([nn.Conv2d(f, f, 3, 2, 1), nn.Conv2d(f, f, 3, 1, 1)]) for _ in range(LEVELS - 1)
-        )
-        self.center = EncoderDecoder(9, cfg.center_feat, cfg.center_blocks, cfg.kernel_size)
-        c = cfg.center_feat
-        # 1x1 convs that bring the centre encoder's features to the pyramid's width.
-        self.center_to_pyramid = nn.ModuleList([nn.Conv2d(c, f, 1), nn.Conv2d(2 * c, f, 1), nn.Conv2d(4 * c, f, 1)])
-        self.pyramid_align = PyramidAlignment(f, cfg.deform_groups)
-        self.reconstruct = nn.Sequential(*(ScaledResBlock(f) for _ in range(cfg.reconstruct_blocks)))
-        self.conv_last = nn.Conv2d(f, 3, 3, 1, 1)
+        img = cfg.image_channels
+        self.align_neighbours = cfg.align_neighbours
+        if cfg.align_neighbours:
+            self.conv_first = nn.Conv2d(img, f, 3, 1, 1)
+            self.extract = nn.Sequential(
+                *(residual_block(cfg.block, f, scaled=True) for _ in range(cfg.extract_blocks))
+            )
+            # Levels 2..4 of the pyramid: a stride-2 conv then a 3x3 conv each.
+            self.down = nn.ModuleList(
+                nn.ModuleList([nn.Conv2d(f, f, 3, 2, 1), nn.Conv2d(f, f, 3, 1, 1)]) for _ in range(LEVELS - 1)
+            )
+        self.center = EncoderDecoder(3 * img, cfg.center_feat, cfg.center_blocks, cfg.kernel_size, img,
+                                     block=cfg.block, upsample=cfg.upsample)
+        if cfg.align_neighbours:
+            c = cfg.center_feat
+            # 1x1 convs that bring the centre encoder's features to the pyramid's width.
+            self.center_to_pyramid = nn.ModuleList(
+                [nn.Conv2d(c, f, 1), nn.Conv2d(2 * c, f, 1), nn.Conv2d(4 * c, f, 1)]
+            )
+            self.pyramid_align = PyramidAlignment(f, cfg.deform_groups)
+            self.reconstruct = nn.Sequential(
+                *(residual_block(cfg.block, f, scaled=True) for _ in range(cfg.reconstruct_blocks))
+            )
+            self.conv_last = nn.Conv2d(f, img, 3, 1, 1)
         self.residual = cfg.residual
         if cfg.residual:
-            for last in (self.conv_last, self.center.out_block[-1]):
+            lasts = [self.center.out_block[-1]] + ([self.conv_last] if cfg.align_neighbours else [])
+            for last in lasts:
                 nn.init.zeros_(last.weight)
                 nn.init.zeros_(last.bias)
 
@@ -147,11 +162,13 @@ class AlignmentModule(nn.Module):
         b, t, c, h, w = x.shape
         # Reference pyramid from the centre encoder, which also pre-deblurs the reference.
         enc = self.center.encode(channels_last(x.reshape(b, t * c, h, w)))
-        ref_l = [proj(e) for proj, e in zip(self.center_to_pyramid, enc, strict=True)]
-        ref_l.append(self._down(LEVELS - 2, ref_l[-1]))
         center = self.center.decode(enc)
         if self.residual:
             center = center + x[:, 1]
+        if not self.align_neighbours:
+            return torch.stack([center, center, center], dim=1)
+        ref_l = [proj(e) for proj, e in zip(self.center_to_pyramid, enc, strict=True)]
+        ref_l.append(self._down(LEVELS - 2, ref_l[-1]))
 
         if one_image_at_a_time(x):  # one neighbour at a time
             before, after = (self._rebuild_neighbours(x[:, slot], ref_l) for slot in (0, 2))

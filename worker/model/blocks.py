@@ -72,13 +72,86 @@ class ScaledResBlock(nn.Module):
         return self.conv2(F.relu(self.conv1(x), inplace=True)).add_(x)
 
 
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channels of each pixel of (B, C, H, W), with a learned per-channel scale and shift.
+
+    Written with plain mean/var so that it traces to ONNX and stays per-pixel: tiles of a frame agree.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(1, channels, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        mu = x.mean(1, keepdim=True)
+        centred = x - mu
+        var = centred.square().mean(1, keepdim=True)
+        return centred * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+class GatedBlock(nn.Module):
+    """NAFNet's block without simplified channel attention (its global pooling breaks tiling).
+
+    x + beta * conv1x1(gate(dwconv_k(conv1x1_2c(LN(x))))), then y + gamma * conv1x1(gate(conv1x1_2c(LN(y)))),
+    where gate(a | b) = a * b splits the channels in halves. beta and gamma start at zero: a fresh block is
+    the identity, which lets plain Adam train it at lr 1e-3 (NAFNet, Chen et al. 2022).
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        c = channels
+        self.norm1 = LayerNorm2d(c)
+        self.expand1 = nn.Conv2d(c, 2 * c, 1)
+        self.depthwise = nn.Conv2d(2 * c, 2 * c, kernel_size, padding=kernel_size // 2, groups=2 * c)
+        self.project1 = nn.Conv2d(c, c, 1)
+        self.norm2 = LayerNorm2d(c)
+        self.expand2 = nn.Conv2d(c, 2 * c, 1)
+        self.project2 = nn.Conv2d(c, c, 1)
+        self.beta = nn.Parameter(torch.zeros(1, c, 1, 1))
+        self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
+
+    @staticmethod
+    def _gate(x: Tensor) -> Tensor:
+        a, b = x.chunk(2, dim=1)
+        return a * b
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x + self.beta * self.project1(self._gate(self.depthwise(self.expand1(self.norm1(x)))))
+        return y + self.gamma * self.project2(self._gate(self.expand2(self.norm2(y))))
+
+
+def residual_block(kind: str, channels: int, kernel_size: int = 3, scaled: bool = False) -> nn.Module:
+    """One residual block of the given ``kind`` ("res" or "gated", ERDNConfig.block).
+
+    ``scaled`` picks the alignment module's x0.1-initialised ResBlock for "res".
+    """
+    if kind == "gated":
+        return GatedBlock(channels, kernel_size)
+    if kind != "res":
+        raise ValueError(f"unknown block kind {kind!r}; choose res or gated")
+    return ScaledResBlock(channels) if scaled else ResBlock(channels, kernel_size)
+
+
 def conv_relu(in_ch: int, out_ch: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel_size, stride, kernel_size // 2), nn.ReLU(inplace=True))
 
 
-def up_relu(in_ch: int, out_ch: int) -> nn.Sequential:
-    """x2 transposed convolution (3x3, output_padding 1) and ReLU."""
-    return nn.Sequential(nn.ConvTranspose2d(in_ch, out_ch, 3, 2, 1, output_padding=1), nn.ReLU(inplace=True))
+def up_relu(in_ch: int, out_ch: int, mode: str = "transpose") -> nn.Sequential:
+    """x2 upsampling and ReLU (ERDNConfig.upsample).
+
+    "transpose": a 3x3 transposed conv with output_padding 1 (the official code). Its kernel overlaps
+    unevenly on the output grid, the cause of checkerboard artefacts (Odena et al., Distill 2016).
+    "resize": bilinear x2, then a 3x3 conv: every output pixel sees the same kernel, so no grid.
+    """
+    if mode == "transpose":
+        up: list[nn.Module] = [nn.ConvTranspose2d(in_ch, out_ch, 3, 2, 1, output_padding=1)]
+    elif mode == "resize":
+        up = [nn.Upsample(scale_factor=2.0, mode="bilinear", align_corners=False), nn.Conv2d(in_ch, out_ch, 3, 1, 1)]
+    else:
+        raise ValueError(f"unknown upsample mode {mode!r}; choose transpose or resize")
+    return nn.Sequential(*up, nn.ReLU(inplace=True))
 
 
 class GradientMap(nn.Module):

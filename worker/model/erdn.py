@@ -14,7 +14,8 @@ from .encoder_decoder import EncoderDecoder
 from .fusion import GradientBranch
 from .presets import ERDNConfig
 
-#: H and W seen by a stage must be multiples of this (the pyramid's total stride).
+#: H and W seen by a full-resolution stage (stem 1) must be multiples of this (the pyramid's total stride);
+#: a model's own requirement is ``model.stride`` (ERDNConfig.stride: this times the stem).
 STRIDE = 2 ** (LEVELS - 1)
 
 
@@ -30,38 +31,70 @@ class CascadeOutput(NamedTuple):
 
 
 class Stage(nn.Module):
-    """Alignment module + gradient guided fusion on a triplet (B, 3, 3, H, W)."""
+    """Alignment module + gradient guided fusion on a triplet (B, 3, 3, H, W).
+
+    With ``cfg.stem`` s > 1 every frame (and the reference's gradient map) enters pixel-unshuffled,
+    (3 s^2, H/s, W/s), the whole stage works at 1/s resolution, and its outputs leave pixel-shuffled
+    back to (3, H, W): the layout of BasicVSR++'s and EDVR's deblurring models, where the compute sits.
+    """
 
     def __init__(self, cfg: ERDNConfig) -> None:
         super().__init__()
+        img = cfg.image_channels
+        self.stem = cfg.stem
+        self.stride = cfg.stride
         self.align = AlignmentModule(cfg)
-        self.restore = EncoderDecoder(10, cfg.restore_feat, cfg.restore_blocks, cfg.kernel_size)
-        self.gradient = GradientBranch(cfg.restore_feat, cfg.gradient_in_blocks, cfg.gradient_blocks)
+        # Input: the three aligned frames and the luckiness mask, all at the stage's resolution.
+        self.restore = EncoderDecoder(3 * img + cfg.stem**2, cfg.restore_feat, cfg.restore_blocks, cfg.kernel_size,
+                                      img, block=cfg.block, upsample=cfg.upsample,
+                                      middle_blocks=cfg.restore_middle_blocks)
+        self.gradient = GradientBranch(cfg.restore_feat, cfg.gradient_in_blocks, cfg.gradient_blocks,
+                                       image_ch=img, block=cfg.block, upsample=cfg.upsample)
         self.gradient_map = GradientMap(3)
         self.residual = cfg.residual
         if cfg.residual:
             zero_last_conv(self.restore.out_block)
 
     def forward(self, triplet: Tensor) -> StageOutput:
-        check_stage_input(triplet)
+        check_stage_input(triplet, self.stride)
         if one_image_at_a_time(triplet) and triplet.shape[0] > 1:
             parts = [self._forward(triplet[i : i + 1]) for i in range(triplet.shape[0])]
             return StageOutput(*(torch.cat(outs, dim=0) for outs in zip(*parts, strict=True)))
         return self._forward(triplet)
 
     def _forward(self, triplet: Tensor) -> StageOutput:
-        grad_in = channels_last(self.gradient_map(triplet[:, 1]))
-        aligned = self.align(triplet)
-        b, t, c, h, w = aligned.shape
-        feats = self.restore.encode(
-            channels_last(torch.cat([aligned.reshape(b, t * c, h, w), luckiness(aligned)], dim=1))
-        )
+        s = self.stem
+        grad_in = channels_last(_unshuffle(self.gradient_map(triplet[:, 1]), s))
+        aligned_low = self.align(_unshuffle(triplet, s))
+        aligned = _shuffle(aligned_low, s)
+        b, t, c, h, w = aligned_low.shape
+        # The luckiness mask compares full-resolution frames, as in the official code, then joins the stage's grid.
+        luck = _unshuffle(luckiness(aligned), s)
+        feats = self.restore.encode(channels_last(torch.cat([aligned_low.reshape(b, t * c, h, w), luck], dim=1)))
         modulated, grad = self.gradient(grad_in, feats)
-        out = self.restore.decode(modulated)
+        out = _shuffle(self.restore.decode(modulated), s)
         if self.residual:
             out = out + triplet[:, 1]
         # The NHWC layout stays inside the stage: callers get plain contiguous tensors.
-        return StageOutput(out.contiguous(), grad.contiguous(), aligned.contiguous())
+        return StageOutput(out.contiguous(), _shuffle(grad, s).contiguous(), aligned.contiguous())
+
+
+def _unshuffle(x: Tensor, s: int) -> Tensor:
+    """pixel_unshuffle over the last three dims of (..., C, H, W); the identity for s = 1."""
+    if s == 1:
+        return x
+    lead = x.shape[:-3]
+    y = F.pixel_unshuffle(x.reshape(-1, *x.shape[-3:]), s)
+    return y.reshape(*lead, *y.shape[-3:])
+
+
+def _shuffle(x: Tensor, s: int) -> Tensor:
+    """pixel_shuffle over the last three dims of (..., C * s^2, H, W); the identity for s = 1."""
+    if s == 1:
+        return x
+    lead = x.shape[:-3]
+    y = F.pixel_shuffle(x.reshape(-1, *x.shape[-3:]), s)
+    return y.reshape(*lead, *y.shape[-3:])
 
 
 def zero_last_conv(module: nn.Module) -> None:
@@ -71,12 +104,12 @@ def zero_last_conv(module: nn.Module) -> None:
     nn.init.zeros_(last.bias)
 
 
-def check_stage_input(x: Tensor) -> None:
+def check_stage_input(x: Tensor, stride: int = STRIDE) -> None:
     if x.dim() != 5 or x.shape[1] != 3 or x.shape[2] != 3:
         raise ValueError(f"an ERDN stage takes (B, 3, 3, H, W) triplets, got {tuple(x.shape)}")
-    if x.shape[-2] % STRIDE or x.shape[-1] % STRIDE:
+    if x.shape[-2] % stride or x.shape[-1] % stride:
         raise ValueError(
-            f"an ERDN stage needs H and W divisible by {STRIDE}, got {tuple(x.shape[-2:])}; pad with pad_to_stride()"
+            f"an ERDN stage needs H and W divisible by {stride}, got {tuple(x.shape[-2:])}; pad with pad_to_stride()"
         )
 
 
@@ -117,13 +150,14 @@ class ERDN(nn.Module):
         if frames not in (3, 5):
             raise ValueError(f"ERDN frames must be 3 or 5, got {frames!r}")
         self.cfg = cfg
+        self.stride = cfg.stride  # H and W of every stage input are multiples of this
         self.frames = frames
         self.preset = preset
         self.stage1 = Stage(cfg)
         self.stage2 = Stage(cfg) if frames == 5 else None
 
     def run_stage1(self, triplets: Tensor) -> StageOutput:
-        """Stage 1 on triplets (B, 3, 3, H, W), H and W multiples of STRIDE."""
+        """Stage 1 on triplets (B, 3, 3, H, W), H and W multiples of ``self.stride``."""
         return self.stage1(triplets)
 
     def run_stage2(self, stage1_outs: Tensor) -> StageOutput:
@@ -133,7 +167,7 @@ class ERDN(nn.Module):
         return self.stage2(stage1_outs)
 
     def cascade(self, x: Tensor) -> CascadeOutput:
-        """Every stage's outputs on a window (B, T, 3, H, W), H and W multiples of STRIDE (for training)."""
+        """Every stage's outputs on a window (B, T, 3, H, W), H and W multiples of ``self.stride`` (for training)."""
         if x.dim() != 5 or x.shape[1] != self.frames or x.shape[2] != 3:
             raise ValueError(f"ERDN(frames={self.frames}) takes (B, {self.frames}, 3, H, W), got {tuple(x.shape)}")
         if self.frames == 3:
@@ -148,5 +182,5 @@ class ERDN(nn.Module):
         return CascadeOutput(s2.out, [*per_triplet, s2])
 
     def forward(self, x: Tensor) -> Tensor:
-        padded, hw = pad_to_stride(x)
+        padded, hw = pad_to_stride(x, self.stride)
         return crop(self.cascade(padded).out, hw)

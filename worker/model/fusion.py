@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .blocks import ResBlock, conv_relu, up_relu
+from .blocks import conv_relu, residual_block, up_relu
 
 
 class GradientBranch(nn.Module):
@@ -16,24 +16,26 @@ class GradientBranch(nn.Module):
     that modulate that encoder feature: ``alpha * F + beta``.
     """
 
-    def __init__(self, feat: int, in_blocks: int, blocks: int) -> None:
+    def __init__(self, feat: int, in_blocks: int, blocks: int, *, image_ch: int = 3, block: str = "res",
+                 upsample: str = "transpose") -> None:
+        """``image_ch``: channels of the gradient map in and out (3 * stem^2, ERDNConfig.image_channels)."""
         super().__init__()
 
-        def res(ch: int) -> list[nn.Module]:
-            return [ResBlock(ch, 3) for _ in range(blocks)]
+        def res(ch: int, n: int = blocks) -> list[nn.Module]:
+            return [residual_block(block, ch, 3) for _ in range(n)]
 
-        self.in_layer = nn.Sequential(conv_relu(3, feat, 3), *(ResBlock(feat, 3) for _ in range(in_blocks)))
+        self.in_layer = nn.Sequential(conv_relu(image_ch, feat, 3), *res(feat, in_blocks))
         self.in_block = nn.Sequential(*res(2 * feat), nn.Conv2d(2 * feat, feat, 3, padding=1))
         self.down1 = conv_relu(feat, 2 * feat, 3, stride=2)
         self.encoder1 = nn.Sequential(*res(4 * feat), nn.Conv2d(4 * feat, 2 * feat, 3, padding=1))
         self.down2 = conv_relu(2 * feat, 4 * feat, 3, stride=2)
         self.encoder2 = nn.Sequential(*res(8 * feat), nn.Conv2d(8 * feat, 4 * feat, 3, padding=1))
         self.decoder2 = nn.Sequential(*res(4 * feat))
-        self.up2 = up_relu(4 * feat, 2 * feat)
+        self.up2 = up_relu(4 * feat, 2 * feat, upsample)
         self.decoder1 = nn.Sequential(*res(2 * feat))
-        self.up1 = up_relu(2 * feat, feat)
+        self.up1 = up_relu(2 * feat, feat, upsample)
         self.out_block = nn.Sequential(*res(feat))
-        self.to_gradient = nn.Conv2d(feat, 3, 3, padding=1)
+        self.to_gradient = nn.Conv2d(feat, image_ch, 3, padding=1)
 
         def condition(ch: int) -> nn.Sequential:
             return nn.Sequential(
