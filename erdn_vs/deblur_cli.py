@@ -7,6 +7,7 @@ to the render farm (``farm.driver``). Neither of those imports this module.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from .manifest import choose_model
@@ -45,9 +46,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--lossless", action="store_true", help="lossless intermediate (ffv1, or x264 -qp 0)")
     p.add_argument("--no-audio", action="store_true", help="do not copy the input's audio")
     p.add_argument("--quiet", action="store_true", help="no progress line")
-    p.add_argument("--scene-cuts", metavar="FILE",
-                   help="text file listing the frames that start a new scene (e.g. from PySceneDetect): windows "
-                        "never mix two scenes, and --ray cuts its chunks there")
+    p.add_argument("--scene-cuts", metavar="FILE|none",
+                   help="scene cuts are found by default (ffmpeg's scdet), so that no window mixes two shots and "
+                        "--ray cuts its chunks there; FILE lists the frames that start a new scene instead (e.g. "
+                        "from PySceneDetect), `none` turns them off")
     farm = p.add_argument_group("render farm (Ray; `pip install 'erdn-vs[cluster]'`)")
     farm.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                       help="render chunks on Ray: alone, a local Ray on this machine; `auto`, the cluster this "
@@ -84,12 +86,25 @@ def check_window(model: str | None, weights: str | None, window: int | None) -> 
                           f"pass --window {choice.frames} or leave --window out")
 
 
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP arrived (SIGINT is KeyboardInterrupt): unwinds the render like Ctrl-C does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         check_window(args.model, args.weights, args.window)
         if args.script:
-            print(script_for(args), end="")
+            print(script_text(args), end="")
             return 0
         if args.ray is not None:
             from .farm.driver import render_on_ray  # imports Ray; only here
@@ -102,5 +117,25 @@ def main(argv: list[str]) -> int:
     except (RenderError, source.SourceError) as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, Interrupted) as e:
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        print(f"{PROG}: stopped by {signal.Signals(signum).name}: vspipe and ffmpeg stopped, the worker session "
+              f"closed, no partial output left", file=sys.stderr)
+        return 128 + signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print(f"{PROG}: wrote {out}", file=sys.stderr)
     return 0
+
+
+def script_text(args: argparse.Namespace) -> str:
+    """What --script prints: the render's script, with the scene cuts found in the input (or given)."""
+    import tempfile
+    from pathlib import Path
+
+    from .pipeline.render import scene_cuts
+
+    with tempfile.TemporaryDirectory(prefix="erdn-script-") as tmp:
+        src = source.probe(Path(args.input), Path(tmp))
+        return script_for(args, cuts=scene_cuts(args, src))

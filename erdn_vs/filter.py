@@ -14,6 +14,9 @@ properties) until frames are wanted.
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 import threading
 import time
 import weakref
@@ -226,7 +229,24 @@ class _Restorer:
                 self._failure = (time.monotonic(), e)
                 raise
             self._open.extend([client, session])
+            _report_session(client, session)
             return session
+
+
+#: Set by ``erdn deblur`` for the vspipe it runs: each opened session is reported on stderr as one
+#: ``REPORT_PREFIX`` line of JSON, which it reads (to say the device once, and to close the session
+#: itself when the render is interrupted). Unset (a script in vspreview, an NLE), nothing is written.
+REPORT_ENV = "ERDN_REPORT_SESSIONS"
+REPORT_PREFIX = "erdn-session: "
+
+
+def _report_session(client: Any, session: Any) -> None:
+    if not os.environ.get(REPORT_ENV):
+        return
+    info = {k: session.info.get(k) for k in ("device", "precision", "backend", "model", "weights")}
+    info.update(endpoint=client.endpoint, session=session.id)
+    sys.stderr.write(REPORT_PREFIX + json.dumps(info) + "\n")
+    sys.stderr.flush()
 
 
 def _close(opened: list) -> None:

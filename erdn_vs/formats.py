@@ -66,9 +66,8 @@ def check_clip(clip: object) -> None:
     if clip.width == 0 or clip.height == 0:
         raise ValueError("clip has a variable frame size; resize it to one size first "
                          "(e.g. core.resize.Bicubic(clip, 1920, 1080))")
-    if fmt.color_family not in (vs.RGB, vs.YUV):
-        raise ValueError(f"clip is {fmt.name}; ERDN restores colour video: give an RGB or YUV clip "
-                         "(a GRAY clip can be turned into one with core.std.ShufflePlanes(clip, [0, 0, 0], vs.RGB))")
+    if fmt.color_family not in (vs.RGB, vs.YUV, vs.GRAY):
+        raise ValueError(f"clip is {fmt.name}; give an RGB, YUV or GRAY clip")
     if fmt.sample_type == vs.INTEGER and not 8 <= fmt.bits_per_sample <= 16:
         raise ValueError(f"clip is {fmt.name}; integer clips of 8 to 16 bits are supported")
     if fmt.sample_type == vs.FLOAT and fmt.bits_per_sample not in (16, 32):
@@ -123,8 +122,11 @@ def _code(props: dict, key: str) -> int | None:
 
 
 def colour_from_props(props: dict, fmt: vs.VideoFormat, width: int, height: int) -> Colour:
-    """A Colour from one frame's properties, filling in the defaults for what is absent."""
+    """A Colour from one frame's properties, filling in the defaults for what is absent.
+
+    GRAY is a luma plane: limited range unless tagged full, like the Y of YUV; it has no matrix."""
     is_yuv = fmt.color_family == vs.YUV
+    is_gray = fmt.color_family == vs.GRAY
     matrix = None
     if is_yuv:
         matrix = _code(props, "_Matrix")
@@ -135,7 +137,7 @@ def colour_from_props(props: dict, fmt: vs.VideoFormat, width: int, height: int)
     elif "_ColorRange" in props and props["_ColorRange"] in (0, 1):
         full = props["_ColorRange"] == 0
     else:
-        full = not is_yuv
+        full = not (is_yuv or is_gray)
     chromaloc = None
     if is_yuv and (fmt.subsampling_w or fmt.subsampling_h):
         chromaloc = props.get("_ChromaLocation")
@@ -154,12 +156,24 @@ def colour_of(clip: vs.VideoNode) -> Colour:
 
 
 def to_rgb(clip: vs.VideoNode, colour: Colour) -> vs.VideoNode:
-    """The clip as RGBH or RGBS (see ``work_format``)."""
-    return vs.core.resize.Bicubic(clip, format=work_format(clip.format), **colour.resize_args("in"))
+    """The clip as RGBH or RGBS (see ``work_format``). A GRAY clip becomes three equal planes."""
+    work = work_format(clip.format)
+    if clip.format.color_family == vs.GRAY:
+        gray = vs.core.resize.Bicubic(clip, format=vs.GRAYH if work == vs.RGBH else vs.GRAYS,
+                                      **colour.resize_args("in"), range_s="full")
+        return vs.core.std.ShufflePlanes(gray, [0, 0, 0], vs.RGB)
+    return vs.core.resize.Bicubic(clip, format=work, **colour.resize_args("in"))
 
 
 def from_rgb(rgb: vs.VideoNode, like: vs.VideoNode, colour: Colour) -> vs.VideoNode:
-    """Restored RGB back to ``like``'s format with the same colour description; no dithering."""
+    """Restored RGB back to ``like``'s format with the same colour description; no dithering.
+
+    For a GRAY ``like``, the mean of the three restored planes (the model may tint them apart a little)."""
+    if like.format.color_family == vs.GRAY:
+        planes = [vs.core.std.ShufflePlanes(rgb, p, vs.GRAY) for p in range(3)]
+        gray = vs.core.std.Expr(planes, "x y + z + 3 /")
+        args = colour.resize_args("out")
+        return vs.core.resize.Bicubic(gray, format=like.format.id, dither_type="none", range_in_s="full", **args)
     return vs.core.resize.Bicubic(rgb, format=like.format.id, dither_type="none", **colour.resize_args("out"))
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from erdn_vs.farm.plan import Chunk, plan_chunks
 from erdn_vs.farm.store import ChunkStore, count_frames
-from erdn_vs.pipeline import graph, tools
+from erdn_vs.pipeline import graph, scenes, tools
 
 VSPIPE = Path(sys.executable).parent / "vspipe"
 pytestmark = pytest.mark.skipif(not VSPIPE.exists(), reason=f"vspipe not found next to {sys.executable}")
@@ -195,7 +195,7 @@ def test_scene_cuts_mark_the_source_frames(clip):
     import vapoursynth as vs
 
     src, cuts = clip
-    script = graph.build_script(src, weights="unused.safetensors", scene_cuts=graph.read_scene_cuts(cuts))
+    script = graph.build_script(src, weights="unused.safetensors", scene_cuts=scenes.read_scene_cuts(cuts))
     lines = [line for line in script.splitlines() if "erdn_vs.deblur(" not in line and "set_output" not in line]
     scope: dict = {}
     exec("\n".join(lines), scope)  # the script's own source and marking, up to the deblur call

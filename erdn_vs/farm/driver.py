@@ -26,8 +26,9 @@ from typing import Any, NoReturn
 from ..manifest import load_manifest
 from ..pipeline import encode, graph, source
 from ..pipeline.graph import FrameRange
-from ..pipeline.output import check_paths
-from ..pipeline.tools import RenderError, ffmpeg_exe
+from ..pipeline.output import Claim, check_paths
+from ..pipeline.render import scene_cuts
+from ..pipeline.tools import RenderError, ffmpeg_cause, ffmpeg_exe, vspipe_env
 from .plan import Chunk, plan_chunks
 from .renderer import ChunkFailed, ChunkJob, ChunkRenderer, Shipped
 from .store import ChunkStore, chunk_suffix, count_frames, file_identity, run_key
@@ -66,15 +67,21 @@ def render_on_ray(args: argparse.Namespace) -> Path:
         raise RenderError(f"--actors must be at least 1, got {args.actors}")
     input_path, output = Path(args.input), Path(args.output)
     check_paths(input_path, output)
-    cuts = graph.read_scene_cuts(args.scene_cuts) if args.scene_cuts else []
-    info, src, timecodes = _probe(args, input_path, cuts)
+    with Claim(output) as claim:
+        return _render_on_ray(ray, args, input_path, output, claim)
+
+
+def _render_on_ray(ray: Any, args: argparse.Namespace, input_path: Path, output: Path, claim: Claim) -> Path:
+    info, src, timecodes = _probe(args, input_path)
+    cuts = scene_cuts(args, src)
     length = int(info["Frames"])
     start = args.frames.start if args.frames else 0
     end = min(length, args.frames.end or length) if args.frames else length
     if start >= length:
         raise RenderError(f"--frames starts at {start}, but {input_path} has {length} frames")
     chunks = plan_chunks(start, end, args.chunk_frames, cuts)
-    encoder = encode.encoder_args(args.codec, args.crf, args.pix_fmt, args.lossless, args.preset)
+    encoder = encode.metadata_args(src, args.pix_fmt) + encode.encoder_args(args.codec, args.crf, args.pix_fmt,
+                                                                           args.lossless, args.preset)
     job = ChunkJob(input=str(input_path.resolve()), model=args.model,
                    weights=str(Path(args.weights).resolve()) if args.weights else None, window=args.window,
                    device=args.device, precision=args.precision, scene_cuts=tuple(cuts),
@@ -104,7 +111,7 @@ def render_on_ray(args: argparse.Namespace) -> Path:
         finally:
             ray.shutdown()
     t_join = time.monotonic()
-    join(store, chunks, input_path, output, frame_range=args.frames if args.frames else None, src=src,
+    join(store, chunks, input_path, claim, frame_range=args.frames if args.frames else None, src=src,
          audio=not args.no_audio)
     joined = time.monotonic()
     if not args.keep_chunks:
@@ -113,19 +120,18 @@ def render_on_ray(args: argparse.Namespace) -> Path:
     return output
 
 
-def _probe(args: argparse.Namespace, input_path: Path,
-           cuts: list[int]) -> tuple[dict[str, Any], source.SourceInfo, str | None]:
+def _probe(args: argparse.Namespace, input_path: Path) -> tuple[dict[str, Any], source.SourceInfo, str | None]:
     """(the whole graph's format, the input's frames and timestamps, a VFR input's timecodes text),
     evaluated here once as ``erdn deblur`` does: bad input fails before any chunk."""
     with tempfile.TemporaryDirectory(prefix="erdn-farm-") as tmp:
         src = source.probe(input_path, Path(tmp))
         script = graph.build_script(input_path, model=args.model, weights=args.weights, window=args.window,
-                                     device=args.device, precision=args.precision, scene_cuts=cuts,
+                                     device=args.device, precision=args.precision,
                                      timecodes=src.timecodes if src.variable_rate else None)
         vpy = Path(tmp) / "deblur.vpy"
         vpy.write_text(script)
         try:
-            info = graph.script_info(vpy)
+            info = graph.script_info(vpy, vspipe_env(Path(tmp)))
         except RenderError as e:
             raise RenderError(f"rendering {input_path} failed: {e}") from None
         graph.pipe_formats(info, src.variable_rate)  # a format ffmpeg cannot take fails here, not in every chunk
@@ -338,24 +344,23 @@ def _at(n: int, src: source.SourceInfo) -> float:
     return float(src.time_of(n)) if src.variable_rate else float(n / src.fps)
 
 
-def join(store: ChunkStore, chunks: list[Chunk], input_path: Path, output: Path, *,
+def join(store: ChunkStore, chunks: list[Chunk], input_path: Path, claim: Claim, *,
          frame_range: FrameRange | None, src: source.SourceInfo, audio: bool) -> None:
-    """Concatenate the chunks' video without re-encoding, with the source's audio, into ``output``.
+    """Concatenate the chunks' video without re-encoding, with the source's audio, into ``claim.output``.
 
-    Written under a ``.partial`` name and renamed once it holds every frame. Raises RenderError.
+    Written under the claim's partial name and renamed once it holds every frame. Raises RenderError.
     """
+    output, partial = claim.output, claim.partial
     total = sum(c.frames for c in chunks)
     listing = store.dir / "join.ffconcat"
-    vfr = src.variable_rate
     origin = _at(frame_range.start if frame_range else 0, src)  # where the output's timeline starts
     listing.write_text("ffconcat version 1.0\n" + "".join(
         _concat_entry(store.path(c), _at(c.start, src) - origin, _at(c.end, src) - origin) for c in chunks))
-    partial = output.with_name(f".{output.stem}.partial{output.suffix}")
     ff = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0",
           "-i", str(listing)]
     if audio:
-        ff += encode.audio_input_args(input_path, frame_range, float(src.fps), times=src if vfr else None)
-        ff += ["-map", "0:v:0", "-map", "1:a?", "-c:a", "copy"]
+        inputs, outputs = encode.audio_args(src, frame_range, output.suffix)
+        ff += [*inputs, "-map", "0:v:0", *outputs]
     else:
         ff += ["-map", "0:v:0"]
     ff += ["-c:v", "copy", str(partial)]
@@ -363,12 +368,12 @@ def join(store: ChunkStore, chunks: list[Chunk], input_path: Path, output: Path,
     if r.returncode != 0:
         partial.unlink(missing_ok=True)
         raise RenderError(f"joining the chunks into {output} failed (ffmpeg exit {r.returncode}): "
-                          f"{r.stderr.decode(errors='replace').strip()}; the chunks stay in {store.dir}")
+                          f"{ffmpeg_cause(r.stderr.decode(errors='replace'))}; the chunks stay in {store.dir}")
     frames = count_frames(partial)
     if frames != total:
         partial.unlink(missing_ok=True)
         raise RenderError(f"the joined video holds {frames} frames, not {total}; the chunks stay in {store.dir}")
-    partial.replace(output)
+    claim.commit()
 
 
 def _summary(chunks: int, resumed: int, frames: int, seconds: float, join_s: float, farm: dict[str, Any]) -> str:

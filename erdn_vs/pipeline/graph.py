@@ -14,6 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .source import source_arg
 from .tools import RenderError, vspipe_exe
 
 
@@ -77,7 +78,7 @@ def build_script(
         "import erdn_vs",
         "",
         "core = vs.core",
-        f"clip = core.bs.VideoSource({str(Path(input_path).resolve())!r})",
+        f"clip = core.bs.VideoSource({source_arg(Path(input_path).resolve())!r})",
         f"clip = erdn_vs.deblur(clip, {', '.join(args)})",
     ]
     if scene_cuts:
@@ -107,28 +108,11 @@ def build_script(
     return "\n".join(lines) + "\n"
 
 
-def read_scene_cuts(path: str | Path) -> list[int]:
-    """Frame numbers that start a new scene, from a text file: integers separated by spaces, commas
-    or new lines; ``#`` starts a comment. Raises RenderError naming the file and the bad entry."""
-    try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise RenderError(f"cannot read scene cuts from {path}: {e}") from None
-    cuts = []
-    for token in re.split(r"[\s,]+", re.sub(r"#[^\n]*", "", text)):
-        if not token:
-            continue
-        if not token.isdigit() or int(token) < 1:
-            raise RenderError(f"scene cuts file {path}: {token!r} is not a frame number >= 1 "
-                              "(list the frames that start a new scene, e.g. `120 388 1021`)")
-        cuts.append(int(token))
-    return sorted(set(cuts))
+def script_for(args: argparse.Namespace, timecodes: Path | None = None, cuts: list[int] | None = None) -> str:
+    """The .vpy for parsed ``erdn deblur`` arguments (what --script prints and render() runs).
 
-
-def script_for(args: argparse.Namespace, timecodes: Path | None = None) -> str:
-    """The .vpy for parsed ``erdn deblur`` arguments (what --script prints and render() runs)."""
+    ``cuts``: the frames that start a new scene (``scenes``: detected, or from --scene-cuts FILE)."""
     endpoint = None if args.endpoint is None else [e for group in args.endpoint for e in group]
-    cuts = read_scene_cuts(args.scene_cuts) if args.scene_cuts else None
     return build_script(args.input, model=args.model, weights=args.weights, window=args.window, device=args.device,
                         precision=args.precision, endpoint=endpoint, frame_range=args.frames, scene_cuts=cuts,
                         timecodes=timecodes)
@@ -145,10 +129,12 @@ def vspipe_error(text: str) -> str:
     return (own or lines or ["vspipe gave no message"])[-1]
 
 
-def script_info(vpy: Path) -> dict[str, str | float]:
-    """The output clip's format, as ``vspipe --info`` reports it (evaluates the script, renders nothing)."""
+def script_info(vpy: Path, env: dict[str, str] | None = None) -> dict[str, str | float]:
+    """The output clip's format, as ``vspipe --info`` reports it (evaluates the script, renders nothing).
+
+    ``env``: vspipe's environment (``tools.vspipe_env``). Raises RenderError with the script's error."""
     r = subprocess.run([vspipe_exe(), "--info", str(vpy)], capture_output=True, text=True, timeout=600,
-                       stdin=subprocess.DEVNULL)
+                       stdin=subprocess.DEVNULL, env=env, errors="replace")
     if r.returncode != 0:
         raise RenderError(f"the script could not be evaluated: {vspipe_error(r.stderr or r.stdout)}")
     info: dict[str, str | float] = {}

@@ -17,6 +17,7 @@ Imports VapourSynth, never torch.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import Sequence
@@ -38,14 +39,60 @@ class SourceError(ValueError):
 
 
 @dataclass(frozen=True)
+class Stream:
+    """One stream of the input as ffmpeg lists it. ``index``: its number in the file."""
+
+    index: int
+    kind: str  # "video", "audio", "subtitle", "data", "attachment"
+    codec: str
+    cover: bool = False  # a video stream that is one attached picture (cover art), not video
+
+    def describe(self) -> str:
+        return f"stream {self.index} ({'cover picture' if self.cover else self.kind}, {self.codec})"
+
+
+# One line of ffmpeg's listing: "  Stream #0:1[0x2](eng): Audio: aac (LC) (mp4a / 0x6134706D), 48000 Hz, ..."
+_STREAM_LINE = re.compile(r"^\s*Stream #\d+:(\d+)\S*: (\w+): ([^\s,]+)(.*)$")
+
+
+def list_streams(path: Path) -> list[Stream]:
+    """The streams of ``path`` as ``ffmpeg -i`` lists them (empty if ffmpeg cannot open it)."""
+    try:
+        listing = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, timeout=60,
+                                 stdin=subprocess.DEVNULL).stderr.decode(errors="replace")
+    except (OSError, subprocess.SubprocessError):
+        return []
+    streams = []
+    for line in listing.splitlines():
+        m = _STREAM_LINE.match(line)
+        if m:
+            streams.append(Stream(int(m.group(1)), m.group(2).lower(), m.group(3), "(attached pic)" in m.group(4)))
+    return streams
+
+
+#: Frame properties that describe the picture, carried from the source to the output container.
+TAGS = ("_SARNum", "_SARDen", "_Range", "_ColorRange", "_Matrix", "_Primaries", "_Transfer", "_ChromaLocation",
+        "_FieldBased")
+
+
+@dataclass(frozen=True)
 class SourceInfo:
-    """What ``probe`` found. ``times``: each frame's start in seconds, the first at 0."""
+    """What ``probe`` found. ``times``: each frame's start in seconds, the first at 0.
+
+    ``video_start``: seconds from the start of the file (its earliest stream, as ffmpeg places the streams)
+    to the first video frame; audio that starts before the video makes it positive.
+    ``tags``: frame 0's picture description (``TAGS``), as bestsource sets it from the file.
+    """
 
     path: Path
     num_frames: int
     fps: Fraction  # the rate bestsource reports (nominal for a VFR file)
     times: tuple[Fraction, ...]
     timecodes: Path  # the same timestamps as a timecodes v2 file (milliseconds), for the rendered script
+    streams: tuple[Stream, ...] = ()
+    video_start: float = 0.0
+    tags: tuple[tuple[str, int], ...] = ()
+    family: str = "YUV"  # the clip's colour family: "YUV", "RGB" or "GRAY"
 
     @property
     def variable_rate(self) -> bool:
@@ -61,6 +108,26 @@ class SourceInfo:
             return self.times[n]
         return self.times[-1] + last_duration(self.times, self.fps)
 
+    def at(self, n: int) -> float:
+        """When frame ``n`` starts on the output's timeline: its own timestamp in a variable-frame-rate file,
+        else n / rate exactly (the timecodes are rounded to 1 ms)."""
+        return float(self.time_of(min(n, self.num_frames))) if self.variable_rate else float(n / self.fps)
+
+    def frame_at(self, seconds: float) -> int:
+        """The frame whose start is nearest ``seconds`` (on the same timeline as ``at``)."""
+        if not self.variable_rate:
+            return max(0, min(self.num_frames - 1, round(seconds * self.fps)))
+        return min(range(self.num_frames), key=lambda n: abs(float(self.times[n]) - seconds))
+
+    def audio(self) -> list[Stream]:
+        return [s for s in self.streams if s.kind == "audio"]
+
+    def left_out(self) -> list[Stream]:
+        """Streams the output will not carry, whatever the options: all but the first video stream and the
+        audio (subtitles, data, attachments, cover pictures, further video streams)."""
+        video = [s for s in self.streams if s.kind == "video" and not s.cover]
+        return [s for s in self.streams if s is not video[0] and s.kind != "audio"] if video else []
+
 
 def probe(path: Path, workdir: Path) -> SourceInfo:
     """Open ``path`` as ``erdn deblur`` will; raise SourceError with one line for what it cannot take.
@@ -71,13 +138,16 @@ def probe(path: Path, workdir: Path) -> SourceInfo:
     if not hasattr(core, "bs"):
         raise SourceError("the bs source plugin is missing: `pip install vapoursynth-bestsource` "
                           "(or `pip install -e .[video]`)")
+    streams = list_streams(path)
+    if streams and not any(s.kind == "video" and not s.cover for s in streams):
+        raise SourceError(_no_video(path, streams))
     timecodes = workdir / "timecodes.txt"
     try:
-        clip = core.bs.VideoSource(str(path), timecodes=str(timecodes))
+        clip = core.bs.VideoSource(source_arg(path), timecodes=str(timecodes))
         first = clip.get_frame(0).props
         field_based = first.get("_FieldBased", 0)
     except vs.Error as e:
-        raise SourceError(_unreadable(path, str(e))) from None
+        raise SourceError(_unreadable(path, str(e), streams)) from None
     if field_based in FIELD_ORDER:
         raise SourceError(
             f"{path} is interlaced (_FieldBased={field_based}, {FIELD_ORDER[field_based]}) and ERDN restores "
@@ -89,21 +159,45 @@ def probe(path: Path, workdir: Path) -> SourceInfo:
         raise SourceError(f"bestsource reported {clip.num_frames} frames of {path} but {len(times)} timestamps; "
                           "remux the file (`ffmpeg -i IN -c copy OUT.mkv`) and try again")
     fps = Fraction(clip.fps.numerator, clip.fps.denominator) if clip.fps.denominator else Fraction(0)
-    return SourceInfo(path, clip.num_frames, fps, times, timecodes)
+    tags = tuple((k, int(first[k])) for k in TAGS if k in first and isinstance(first[k], int))
+    family = {vs.RGB: "RGB", vs.GRAY: "GRAY"}.get(clip.format.color_family, "YUV")
+    return SourceInfo(path, clip.num_frames, fps, times, timecodes, tuple(streams), video_start(path), tags, family)
 
 
-def _unreadable(path: Path, error: str) -> str:
-    """One line for a file bestsource refused: no video stream, or not a video at all."""
+def source_arg(path: Path) -> str | bytes:
+    """``path`` as bestsource takes it: a str, or bytes when the name is not valid UTF-8 (VapourSynth
+    passes strings as UTF-8, and bestsource opens bytes as they are)."""
+    text = str(path)
     try:
-        listing = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True,
-                                 timeout=60, stdin=subprocess.DEVNULL).stderr
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text)
+
+
+def video_start(path: Path) -> float:
+    """Seconds from the file's start to its first video frame, on ffmpeg's timeline (where ffmpeg puts
+    the source's audio when it reads the file); 0 when it cannot tell."""
+    try:
+        r = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostats", "-i", str(path), "-map", "0:v:0",
+                            "-frames:v", "1", "-vf", "showinfo", "-f", "null", "-"],
+                           capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.SubprocessError):
-        listing = ""
-    kinds = re.findall(r"Stream #\d+:\d+\S*: (\w+):", listing)
-    if kinds and "Video" not in kinds:
-        held = ", ".join(f"{kinds.count(k)} {k.lower()} stream{'s' if kinds.count(k) > 1 else ''}"
-                         for k in dict.fromkeys(kinds))
-        return f"{path} has no video stream (it holds {held}); give a video file"
+        return 0.0
+    m = re.search(rb"pts_time:(-?[\d.]+)", r.stderr)
+    return float(m.group(1)) if m else 0.0
+
+
+def _no_video(path: Path, streams: list[Stream]) -> str:
+    kinds = ["cover picture" if s.cover else s.kind for s in streams]
+    held = ", ".join(f"{kinds.count(k)} {k} stream{'s' if kinds.count(k) > 1 else ''}" for k in dict.fromkeys(kinds))
+    return f"{path} has no video stream (it holds {held}); give a video file"
+
+
+def _unreadable(path: Path, error: str, streams: list[Stream]) -> str:
+    """One line for a file bestsource refused: no video stream, or not a video at all."""
+    if streams and not any(s.kind == "video" and not s.cover for s in streams):
+        return _no_video(path, streams)
     reason = error.strip().splitlines()[-1] if error.strip() else "unknown error"
     return f"cannot read {path} as video ({reason}); check that it is a complete video file ffmpeg can play"
 
