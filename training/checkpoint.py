@@ -60,19 +60,26 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")
 
 
-def floats_to_bf16(state: Any) -> Any:
-    """A copy of ``state`` (nested dicts and lists) with every floating-point tensor in bfloat16.
+def compact_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` as a kept copy small enough for git and a lent GPU's 64 MiB: weights and EMA in bfloat16, and
+    no optimizer moments (marked ``"compact": True``).
 
-    Integer tensors (generator states) and Adam's ``step`` counts (float tensors that must stay exact) stay as
-    they are. ``load_state_dict`` of modules and of torch optimizers casts the values back to their parameters'
-    dtype.
+    A 7M-parameter run's checkpoint is 115 MB in full and 29 MB compact. Resuming casts the weights back to
+    fp32 (a 2^-9 relative rounding, about a tenth of one Adam step at lr 1e-3) and restarts Adam's moments
+    under a short warm-up of the rate (``erdn train`` does both).
     """
+    optimizer = dict(state["optimizer"], state={})
+    return dict(_floats_to_bf16({k: v for k, v in state.items() if k != "optimizer"}), optimizer=optimizer,
+                compact=True)
+
+
+def _floats_to_bf16(state: Any) -> Any:
     if isinstance(state, torch.Tensor):
         return state.to(torch.bfloat16) if state.is_floating_point() else state
     if isinstance(state, dict):
-        return {k: v if k == "step" else floats_to_bf16(v) for k, v in state.items()}
+        return {k: _floats_to_bf16(v) for k, v in state.items()}
     if isinstance(state, list | tuple):
-        return type(state)(floats_to_bf16(v) for v in state)
+        return type(state)(_floats_to_bf16(v) for v in state)
     return state
 
 

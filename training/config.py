@@ -94,10 +94,11 @@ class TrainConfig:
     # Also keep last.ckpt and log.csv in this folder (under training/checkpoints/, committed as the run goes),
     # and resume from it where run_dir has no last.ckpt: a long run goes on in any clone, on any machine.
     checkpoint_copy: str = ""
-    # Write that kept copy with every floating-point tensor (weights, EMA, Adam moments) in bfloat16: half the
-    # bytes in git for wide models (a 7M-parameter run: 57 MB, not 115). Resuming casts back to fp32; the
-    # rounding (2^-9 relative) is about a tenth of one Adam step at lr 1e-3. The run's own last.ckpt stays fp32.
-    checkpoint_copy_bf16: bool = False
+    # Keep that copy compact (training.checkpoint.compact_checkpoint): weights and EMA in bfloat16, no Adam
+    # moments, which a resume restarts under a warm-up of schedule.warmup iterations. For wide models, whose
+    # full checkpoints pass the 32 MB of training/CHECKPOINTS.md (a 7M-parameter run: 115 MB full, 29 MB compact).
+    # The run's own last.ckpt in run_dir stays full, so resuming on the same machine is exact.
+    checkpoint_copy_compact: bool = False
     log_every: int = 10
     threads: int = 0  # torch CPU threads (0: torch's default)
     # Processes of one data-parallel run on this machine (erdn train --nproc overrides): on a CPU one

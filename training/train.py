@@ -37,7 +37,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from training.checkpoint import (
     CheckpointError,
-    floats_to_bf16,
+    compact_checkpoint,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -398,6 +398,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     # Compute spent on training steps over every resumed part of the run: wall seconds, and CPU seconds of this
     # process (every thread; on a shared CPU the honest count of core-hours, which the wall clock overstates).
     train_seconds = core_seconds = 0.0
+    rewarm: tuple[int, int] | None = None  # (from, until): the rate's warm-up after a compact resume
     ckpt_path = run_dir / "last.ckpt"
     if resume and ckpt_path.is_file():
         state = load_checkpoint(ckpt_path)
@@ -415,8 +416,12 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
         set_rng_state(state["rng"])
         start = int(state["iteration"])
         best = {"psnr": float(state["best_psnr"]), "iteration": int(state["best_iteration"])}
+        if state.get("compact"):  # no Adam moments: they restart under a warm-up of the rate
+            rewarm = (start, start + max(1, cfg.schedule.warmup))
         if main_process:
-            print(f"erdn train: resumed {ckpt_path} at iteration {start}", file=sys.stderr)
+            print(f"erdn train: resumed {ckpt_path} at iteration {start}"
+                  + (f" (compact: Adam restarts, the rate warms up until {rewarm[1]})" if rewarm else ""),
+                  file=sys.stderr)
     elif cfg.model.init_from:
         init_from(model, cfg.model.init_from)
         if cfg.model.init_from.endswith(".ckpt"):  # phase 2 of a run: its compute counts phase 1's too
@@ -520,6 +525,8 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
                 batches = None
                 continue
             lr = learning_rate(cfg, iteration, iters_per_epoch)
+            if rewarm is not None and iteration < rewarm[1]:
+                lr *= (iteration - rewarm[0] + 1) / (rewarm[1] - rewarm[0])
             set_group_rates(optimizer, cfg, lr, iteration)
             blur, sharp = blur.to(device, non_blocking=True), sharp.to(device, non_blocking=True)
             step_start, step_cpu = time.time(), time.process_time()
@@ -560,9 +567,9 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
                 last_ckpt_time = time.time()
                 if copy_dir is not None:
                     copy_dir.mkdir(parents=True, exist_ok=True)
-                    if cfg.checkpoint_copy_bf16:
-                        save_checkpoint(floats_to_bf16(state), copy_dir / "last.ckpt")
-                    kept = ("log.csv",) if cfg.checkpoint_copy_bf16 else ("last.ckpt", "log.csv")
+                    if cfg.checkpoint_copy_compact:
+                        save_checkpoint(compact_checkpoint(state), copy_dir / "last.ckpt")
+                    kept = ("log.csv",) if cfg.checkpoint_copy_compact else ("last.ckpt", "log.csv")
                     for name in kept:
                         shutil.copyfile(run_dir / name, copy_dir / f"{name}.partial")
                         (copy_dir / f"{name}.partial").replace(copy_dir / name)
