@@ -107,7 +107,7 @@ def write(path: Path | None, report: dict) -> None:
 
 def main(argv: list[str]) -> int:
     from worker.bench.harness import random_weights
-    from worker.model import STRIDE, load_model
+    from worker.model import load_model
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="lite")
@@ -126,7 +126,8 @@ def main(argv: list[str]) -> int:
     device = torch.device(a.device)
     with tempfile.TemporaryDirectory() as tmp:
         model = load_model(random_weights(a.preset, 0, Path(tmp) / "w.safetensors"), device).eval()
-    hp, wp = -(-h // STRIDE) * STRIDE, -(-w // STRIDE) * STRIDE
+    stride = model.stride
+    hp, wp = -(-h // stride) * stride, -(-w // stride) * stride
     x = torch.rand(1, 3, 3, hp, wp, generator=torch.Generator().manual_seed(0)).to(device)
     report: dict = {"preset": a.preset, "size": f"{w}x{h}", "device": str(device), "precision": a.precision,
                     "compile_backend": a.compile_backend, "repeats": a.repeats, "torch": torch.__version__,

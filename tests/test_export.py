@@ -221,3 +221,39 @@ def test_window_graph_runs_in_vs_mlrt(deformconv_export) -> None:
         ref = model(torch.from_numpy(frames)[None])[0].numpy()
     assert (out.width, out.height) == (w, h)
     assert np.abs(y - ref).max() <= TOL
+
+
+def _scramble(model: ERDN) -> ERDN:
+    """Every parameter random, so that zero-started convs, gated blocks' beta/gamma and the offsets all act."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("weight") and "norm" not in name:
+                torch.nn.init.normal_(p, std=0.3 / max(1, p[0].numel()) ** 0.5)
+            elif "conv_offset" in name or name.endswith(("beta", "gamma")):
+                torch.nn.init.normal_(p, std=0.2)
+    return model.eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dcn", ["deformconv", "gridsample"])
+def test_reduced_resolution_preset_exports_and_matches_torch(tmp_path, dcn: str) -> None:
+    """A stem-2 model with gated blocks and resize upsampling (tiny_stem): stage and window graphs match torch,
+    the window graph padding to the model's own stride (16) inside."""
+    torch.manual_seed(11)
+    model = _scramble(build_model("tiny_stem", frames=3))
+    weights = save_model(model, tmp_path / "stem.safetensors")
+    export_model(model, tmp_path / "onnx", dcn=dcn, weights_path=weights)
+    stage = session(tmp_path / "onnx" / "stage1.onnx")
+    x = torch.rand(1, 9, 32, 48)
+    with torch.no_grad():
+        ref = model.run_stage1(x.reshape(1, 3, 3, 32, 48)).out.numpy()
+    assert np.abs(ref - x[:, 3:6].numpy()).max() > 0.05  # the model really changes its input
+    (y,) = stage.run(["out"], {"in": x.numpy()})
+    assert np.abs(y - ref).max() <= TOL
+    window = session(tmp_path / "onnx" / "window.onnx")
+    for h, w in [(32, 48), (37, 50)]:
+        x = torch.rand(1, 3, 3, h, w)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        (y,) = window.run(["out"], {"in": x.reshape(1, 9, h, w).numpy()})
+        assert y.shape == (1, 3, h, w) and np.abs(y - ref).max() <= TOL, (dcn, h, w)

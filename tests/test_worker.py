@@ -519,3 +519,30 @@ def test_frame_digest_from_a_known_content_digest_is_the_same_name():
     a = np.random.default_rng(0).random((3, 5, 7), dtype=np.float32)
     assert frame_digest(a, content_digest(memoryview(a).cast("B"))) == frame_digest(a)
     assert frame_digest(a.astype(np.float16)) != frame_digest(a.astype(np.float16), content_digest(a.data))
+
+
+def test_reduced_resolution_model_pads_to_its_own_stride_whole_and_tiled(worker_endpoint, tmp_path):
+    """A stem-2, 5-frame model (stride 16) in the real worker: frames off that stride are padded inside and
+    cropped back, each output equal to the model's own forward, with stage-1 results reused across consecutive
+    frames; a tiled session rounds its tiles to multiples of 16."""
+    from worker.bench.harness import random_weights
+
+    weights = random_weights("tiny_stem", 3, tmp_path / "stem.safetensors", frames=5)
+    h, w, length = 37, 50, 6
+    rng = np.random.default_rng(9)
+    planes = {i: rng.random((3, h, w), dtype=np.float32) for i in range(length)}
+    with WorkerClient(worker_endpoint, autostart=False) as client:
+        kwargs = dict(frames=5, width=w, height=h, sample_type="float", weights=str(weights))
+        before = client.stats()["stage1_evals"]
+        with client.open_session(**kwargs) as whole:
+            outs = {n: whole.process(n, window_of(n, length, 5), planes) for n in (2, 3)}
+        evals = client.stats()["stage1_evals"] - before
+        with client.open_session(**kwargs, tile=(40, 32), overlap=8) as tiled:
+            assert tiled.info["tile"] == [48, 32]  # (W, H) rounded up to the model's stride of 16
+            b = tiled.process(2, window_of(2, length, 5), planes)
+    assert evals == 4  # triplets at 1, 2, 3, then only 4: the two outputs share two stage-1 results
+    for n, a in outs.items():
+        ref = reference(weights, window_of(n, length, 5), planes)
+        assert np.abs(ref - planes[n]).max() > 0.01  # the random model does change the frame
+        assert a.shape == (3, h, w) and np.abs(a - ref).max() <= 1e-5
+    assert b.shape == (3, h, w) and np.isfinite(b).all() and np.abs(b - outs[2]).mean() < 0.01

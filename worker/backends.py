@@ -30,6 +30,7 @@ class Backend(Protocol):
     device: torch.device
     precision: str
     frames: int
+    stride: int  # H and W of every stage input are multiples of this (ERDNConfig.stride)
 
     def stage1(self, triplets: Tensor) -> Tensor: ...
 
@@ -114,6 +115,7 @@ class TorchBackend:
         self.device = device
         self.precision = precision
         self.frames = self.model.frames
+        self.stride = self.model.stride
 
     def _run(self, stage, x: Tensor) -> Tensor:
         with torch.inference_mode():
@@ -163,11 +165,14 @@ class OnnxBackend:
     def __init__(self, weights: ResolvedWeights, device: torch.device, precision: str) -> None:
         import onnxruntime as ort
 
+        from .model.weights import read_metadata
+
         if precision == "bf16":
             raise BackendError("the onnx backend runs fp32 or fp16 (TensorRT); use precision='fp32' or 'fp16'")
         self.device = device
         self.precision = precision
         paths, self.frames = exported_graphs(weights)
+        self.stride = read_metadata(weights.path)["config"].stride
         options = ort.SessionOptions()
         options.log_severity_level = 3
         threads = torch.get_num_threads()

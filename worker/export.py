@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .model import ERDN, STRIDE, load_model
+from .model import ERDN, load_model
 from .model.dcn import ONNX_DCN_MODES, ModulatedDeformConvPack
 from .model.weights import WeightsError
 
@@ -62,7 +62,7 @@ class StageGraph(nn.Module):
 
 
 class WindowGraph(nn.Module):
-    """The whole cascade on (B, 3*T, H, W) -> (B, 3, H, W), padding to multiples of STRIDE inside."""
+    """The whole cascade on (B, 3*T, H, W) -> (B, 3, H, W), padding to multiples of the model's stride inside."""
 
     def __init__(self, model: ERDN) -> None:
         super().__init__()
@@ -71,8 +71,9 @@ class WindowGraph(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, _, h, w = x.shape
         # Always pad (possibly by 0) so that the traced graph has no branch on the size.
-        pad_h = (STRIDE - h % STRIDE) % STRIDE
-        pad_w = (STRIDE - w % STRIDE) % STRIDE
+        stride = self.model.stride
+        pad_h = (stride - h % stride) % stride
+        pad_w = (stride - w % stride) % stride
         padded = F.pad(x, [0, pad_w, 0, pad_h], mode="reflect")
         window = padded.reshape(b, self.model.frames, 3, h + pad_h, w + pad_w)
         return self.model.cascade(window).out[:, :, :h, :w]
@@ -193,7 +194,8 @@ def export_model(
     model = model.float().cpu().eval()
     meta = _weights_metadata(model, weights_path)
     # Example sizes only shape the trace; every graph keeps H and W dynamic.
-    stage_example = torch.rand(1, 9, 2 * STRIDE, 3 * STRIDE)
+    stride = model.stride
+    stage_example = torch.rand(1, 9, 2 * stride, 3 * stride)
     written = [
         export_graph(StageGraph(model, 1), stage_example, out_dir / "stage1.onnx", dcn=dcn, opset=opset,
                      metadata={**meta, "graph": "stage1", "input": "(B, 9, H, W): frames t-1, t, t+1 stacked"})
@@ -206,7 +208,7 @@ def export_model(
         )
     if window:
         t = model.frames
-        example = torch.rand(1, 3 * t, 2 * STRIDE + 3, 3 * STRIDE + 5)
+        example = torch.rand(1, 3 * t, 2 * stride + 3, 3 * stride + 5)
         written.append(
             export_graph(WindowGraph(model), example, out_dir / "window.onnx", dcn=dcn, opset=opset,
                          dynamic_batch=False,

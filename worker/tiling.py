@@ -35,27 +35,27 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
 
 
 def plan_tile(frame_hw: tuple[int, int], tile_wh: tuple[int, int] | None, overlap: int,
-              max_pixels: int) -> tuple[int, int] | None:
+              max_pixels: int, stride: int = STRIDE) -> tuple[int, int] | None:
     """The (h, w) tile size for a padded frame, or None when the frame runs whole.
 
     ``tile_wh`` is what the session asked for; without it the frame is tiled only when it has
     more than ``max_pixels`` pixels, in the fewest near-equal tiles that fit. Sizes are multiples
-    of STRIDE (the stage's requirement) and at most the frame.
+    of ``stride`` (the model's requirement, ``model.stride``) and at most the frame.
     """
     h, w = frame_hw
     if tile_wh is not None:
-        th, tw = min(h, _round_up(tile_wh[1], STRIDE)), min(w, _round_up(tile_wh[0], STRIDE))
+        th, tw = min(h, _round_up(tile_wh[1], stride)), min(w, _round_up(tile_wh[0], stride))
         return None if (th, tw) == (h, w) else (th, tw)
     if h * w <= max_pixels:
         return None
     for n in range(2, 4096):
         ny = max(1, round(math.sqrt(n * h / w)))
         nx = max(1, math.ceil(n / ny))
-        th = min(h, _round_up(math.ceil(h / ny) + overlap, STRIDE))
-        tw = min(w, _round_up(math.ceil(w / nx) + overlap, STRIDE))
+        th = min(h, _round_up(math.ceil(h / ny) + overlap, stride))
+        tw = min(w, _round_up(math.ceil(w / nx) + overlap, stride))
         if th * tw <= max_pixels:
             return th, tw
-    return STRIDE * 4, STRIDE * 4
+    return stride * 4, stride * 4
 
 
 def _ramp(length: int, overlap: int, ramp_start: bool, ramp_end: bool, device: torch.device) -> Tensor:
