@@ -55,7 +55,8 @@ def audio_args(src: SourceInfo, frame_range: FrameRange | None, suffix: str) -> 
     trim = f"atrim=start={start:.6f}"
     if frame_range.end is not None and frame_range.end < src.num_frames:
         trim += f":end={src.at(frame_range.end):.6f}"
-    return inputs, ["-map", "1:a?", "-af", f"{trim},asetpts=PTS-{start:.6f}/TB",
+    # FLAC blocks of one size: a joined file is decoded with its first chunk's STREAMINFO (largest block)
+    return inputs, ["-map", "1:a?", "-af", f"{trim},asetpts=PTS-{start:.6f}/TB,asetnsamples=n=4608:p=0",
                     *CHUNK_AUDIO.get(suffix.lower(), FLAC)]
 
 
