@@ -205,16 +205,18 @@ def test_official_needs_the_paper_preset(capsys, tmp_path) -> None:
     assert "--official compares the paper preset" in capsys.readouterr().err
 
 
-def test_default_window_is_the_default_models(tmp_path, monkeypatch) -> None:
+def test_default_window_and_preset_are_the_default_models(tmp_path, monkeypatch) -> None:
     """The manifest's first model decides (its weights file need not exist: the bench uses random weights)."""
     manifest = tmp_path / "manifest.yaml"
     monkeypatch.setenv("ERDN_MANIFEST", str(manifest))
     for frames in (3, 5):
-        manifest.write_text(f"models:\n  - {{name: first, file: missing.safetensors, frames: {frames}}}\n"
-                            f"  - {{name: second, file: missing.safetensors, frames: {8 - frames}}}\n")
-        assert bench_cli.default_window() == frames
+        preset = "quarter" if frames == 3 else "lite"
+        manifest.write_text(f"models:\n  - {{name: first, file: missing.safetensors, frames: {frames}, "
+                            f"preset: {preset}}}\n"
+                            f"  - {{name: second, file: missing.safetensors, frames: {8 - frames}, preset: tiny}}\n")
+        assert bench_cli.default_window() == frames and bench_cli.default_preset() == preset
     manifest.unlink()
-    assert bench_cli.default_window() == 5  # no manifest: the cascade
+    assert bench_cli.default_window() == 5 and bench_cli.default_preset() == "lite"  # no manifest
 
 
 def test_official_needs_the_5_frame_window(capsys, tmp_path) -> None:

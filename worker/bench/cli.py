@@ -52,18 +52,26 @@ def _list(kind, allowed: tuple[str, ...] | None = None):
     return parse
 
 
-def default_window() -> int:
-    """The temporal window (3 or 5) of the manifest's default model, what ``deblur()`` runs when given no model.
+def _default_entry() -> dict:
+    """The manifest's first model entry (what ``deblur()`` runs when given no model); {} where there is none.
 
-    Read from the manifest entry alone (the bench uses random weights, so the file itself need not be there);
-    5 where the manifest cannot be read or does not say."""
+    Read from the manifest entry alone: the bench uses random weights, so the file itself need not be there."""
     from worker.registry import ModelNotFound, default_manifest, manifest_models
 
     try:
-        first = next(iter(manifest_models(default_manifest()).values()), {})
+        return next(iter(manifest_models(default_manifest()).values()), {})
     except ModelNotFound:
-        return 5
-    return int(first.get("frames") or 5)
+        return {}
+
+
+def default_window() -> int:
+    """The temporal window (3 or 5) of the manifest's default model; 5 where the manifest does not say."""
+    return int(_default_entry().get("frames") or 5)
+
+
+def default_preset() -> str:
+    """The preset of the manifest's default model; lite where the manifest does not say."""
+    return str(_default_entry().get("preset") or "lite")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -74,8 +82,9 @@ def parser() -> argparse.ArgumentParser:
         description="Measure speed side by side with random fixed-seed weights (speed, not quality): model "
         "throughput, cold/warm start, vspipe over the worker against the worker alone, the stage-1 cache, and "
         "vs-mlrt on the same weights. Prints raw figures and ratios against the targets.")
-    p.add_argument("--preset", type=_list(str, tuple(PRESETS)), default=["lite"],
-                   help="preset(s), comma-separated (default lite; paper is slow on a CPU: use a small size)")
+    p.add_argument("--preset", type=_list(str, tuple(PRESETS)), default=None,
+                   help="preset(s), comma-separated (default: the default model's, as deblur() runs it; paper is "
+                   "slow on a CPU: use a small size)")
     p.add_argument("--sizes", type=_list(_size), default=None,
                    help="WxH list (default 640x360,1280x720, plus 1920x1080 with CUDA)")
     p.add_argument("--window", type=int, choices=(3, 5), default=None,
@@ -120,6 +129,8 @@ def main(argv: list[str]) -> int:
         if getattr(args, name) < 1:
             print(f"{PROG}: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
+    if args.preset is None:
+        args.preset = ["paper"] if args.official is not None else [default_preset()]
     if args.official is not None and args.preset != ["paper"]:
         print(f"{PROG}: --official compares the paper preset: pass --preset paper", file=sys.stderr)
         return 2
