@@ -45,9 +45,25 @@ def test_work_format(fmt, work):
     assert formats.sample_type(work) == ("half" if work == vs.RGBH else "float")
 
 
-def test_rejects_gray_variable_format_and_size():
-    with pytest.raises(ValueError, match="Gray8.*RGB or YUV"):
-        formats.check_clip(core.std.BlankClip(format=vs.GRAY8, width=64, height=48))
+@pytest.mark.parametrize("fmt", [vs.GRAY8, vs.GRAY10, vs.GRAY16])
+def test_gray_goes_in_as_three_equal_planes_and_comes_back_gray(fmt):
+    """Issue 30: a black-and-white clip is restored as RGB with equal planes, and returned as GRAY, unchanged
+    by the round trip (limited range, like the Y of YUV, unless tagged full)."""
+    bits = core.get_video_format(fmt).bits_per_sample
+    clip = core.std.BlankClip(format=fmt, width=16, height=8, length=1, color=[100 << (bits - 8)])
+    formats.check_clip(clip)
+    colour = formats.colour_of(clip)
+    rgb = formats.to_rgb(clip, colour)
+    planes = [np.asarray(rgb.get_frame(0)[p]) for p in range(3)]
+    np.testing.assert_array_equal(planes[0], planes[1])
+    np.testing.assert_array_equal(planes[0], planes[2])
+    assert float(planes[0][0, 0]) == pytest.approx((100 - 16) / 219, abs=1e-3)
+    back = formats.from_rgb(rgb, clip, colour)
+    assert back.format.id == clip.format.id
+    np.testing.assert_array_equal(np.asarray(back.get_frame(0)[0]), np.asarray(clip.get_frame(0)[0]))
+
+
+def test_rejects_variable_format_and_size():
     a = core.std.BlankClip(format=vs.YUV420P8, width=64, height=48, length=2)
     b = core.std.BlankClip(format=vs.YUV444P8, width=64, height=48, length=2)
     c = core.std.BlankClip(format=vs.YUV420P8, width=32, height=48, length=2)

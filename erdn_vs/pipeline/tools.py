@@ -89,7 +89,7 @@ _FFMPEG_CAUSES: tuple[tuple[str, str], ...] = (
 )
 _STREAM = re.compile(r"stream #(?:\d+:)?(\d+)", re.IGNORECASE)
 _CONTEXT = re.compile(r"^\[[^\]]+ @ 0x[0-9a-f]+\] ")  # "[mp4 @ 0x5610...] ": which part of ffmpeg spoke
-_NOISE = ("Conversion failed!", "Error opening output files", "Error while filtering", "Nothing was written",
+_NOISE = ("Conversion failed!", "Error while filtering", "Nothing was written",
           "Terminating thread", "Error closing file", "[out#", "Task finished", "Last message repeated",
           "Error sending frames to consumers", "Error muxing a packet")
 
