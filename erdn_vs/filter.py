@@ -57,6 +57,14 @@ def deblur(
     on the first frame request, naming the endpoint and the command that starts the worker.
     ``endpoint`` may name several workers (one per GPU): frames go to them in stripes of
     ``stripe`` consecutive frames, round-robin.
+
+    Scene cuts: a window never takes frames across a cut marked on the clip's frames, by
+    ``_SceneChangePrev=1`` (this frame starts a scene) or ``_SceneChangeNext=1`` (the next one does).
+    Source plugins set neither. ``erdn deblur INPUT --script`` prints a script with the cuts ffmpeg's
+    scdet found in INPUT already marked; in your own script, mark them before deblur with a scene-change
+    plugin (e.g. ``clip = core.scxvid.Scxvid(clip)`` from ``pip install vapoursynth-scxvid``), or from a
+    list of frame numbers with ``std.ModifyFrame`` as that script does. GRAY clips are restored as RGB
+    with equal planes and come back GRAY.
     """
     try:
         manifest = load_manifest()
