@@ -35,6 +35,7 @@ import json
 import math
 import multiprocessing
 import os
+import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -364,6 +365,12 @@ def read_video_frames(source: str, opts: SynthOptions) -> list[np.ndarray]:
         reader = imageio_ffmpeg.read_frames(str(path))
         meta = next(reader)
         fw, fh = meta["size"]
+        fps = float(meta.get("fps") or 0)
+        if 0 < fps < MIN_VIDEO_FPS:
+            print(f"erdn synth: warning: --video {path} is {fps:g} fps; averaging {opts.subframes} of its frames "
+                  "makes ghosted double exposures, not motion blur, wherever things move more than a pixel or "
+                  f"two between frames: use footage shot at {MIN_VIDEO_FPS:g} fps or more (GOPRO used 240)",
+                  file=sys.stderr)
         frames = [np.frombuffer(buf, np.uint8).reshape(fh, fw, 3).copy() for buf in reader]
     except (OSError, RuntimeError) as e:  # imageio-ffmpeg puts ffmpeg's whole stderr in the message
         said = [line for line in str(e).splitlines() if line.strip()]
@@ -603,6 +610,42 @@ def options_from_args(a: argparse.Namespace) -> SynthOptions:
     )
 
 
+#: What a dataset folder holds (``synthesize`` writes nothing else): all that --overwrite may remove.
+DATASET_ENTRIES = {"train", "val", "test", "erdn_synth.json", "erdn_synth.yaml"}
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty ``out`` (stale clips of an earlier run would mix with the new ones, unseen by the
+    dataset checks) unless ``overwrite``, which clears it first. Only a folder that holds nothing but a
+    dataset is cleared. Raises SystemExit with one line naming the folder and what to do."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise SystemExit(f"erdn synth: {out} is a file, not a folder; give a folder for the dataset")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    if not overwrite:
+        shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+        raise SystemExit(f"erdn synth: {out} is not empty ({shown}); pass --overwrite to clear it first, or give "
+                         "a new folder (the clips of two runs must not mix)")
+    foreign = [e for e in entries if e not in DATASET_ENTRIES]
+    if foreign:
+        raise SystemExit(f"erdn synth: --overwrite clears only a dataset folder, and {out} also holds "
+                         f"{', '.join(foreign[:4])}; remove the folder yourself or give a new one")
+    for name in entries:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+#: Below this frame rate, averaging consecutive frames shows each position apart: ghosts, not blur.
+#: GOPRO was shot at 240 fps; 120 fps is the least the usual recipes use.
+MIN_VIDEO_FPS = 120.0
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="erdn synth", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -650,6 +693,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1,
                    help="processes rendering clips from photographs at once (default 1; the same files)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="clear OUT first when it already holds a dataset (without it, a non-empty OUT is refused, "
+                        "so that two runs never mix)")
     a = p.parse_args(argv)
     opts = options_from_args(a)
     if a.frames < 1 or a.clips < (0 if opts.images == "eval" else 1):
@@ -662,6 +708,7 @@ def main(argv: list[str]) -> int:
         p.error("--holdout must be in [0, 1), --procedural and --highlights in [0, 1]")
     if opts.zoom < 0 or opts.camera_noise < 0 or opts.sprites < 0:
         p.error("--zoom, --camera-noise and --sprites must be >= 0")
+    prepare_out(Path(opts.out), a.overwrite)
     root = synthesize(opts, command=argv, workers=max(1, a.workers))
     splits = "train, val and test splits" if opts.val_clips else "train and test splits"
     if opts.images == "eval":
