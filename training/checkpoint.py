@@ -30,7 +30,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     buf = io.BytesIO()
     torch.save(state, buf)
     payload = buf.getvalue()
-    tmp = path.with_name(path.name + ".partial")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")  # unique: never another writer's file
     with open(tmp, "wb") as f:
         f.write(MAGIC)
         f.write(hashlib.sha256(payload).digest())
@@ -53,11 +53,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         )
     digest, payload = data[len(MAGIC) : len(MAGIC) + 32], data[len(MAGIC) + 32 :]
     if len(digest) != 32 or hashlib.sha256(payload).digest() != digest:
-        raise CheckpointError(
-            f"{path} is damaged (checksum mismatch: truncated or corrupt); delete it to resume from the "
-            "previous checkpoint, or start the run afresh"
-        )
+        raise CheckpointError(f"{path} is damaged (checksum mismatch: truncated or corrupt); {_fallback(path)}")
     return torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")
+
+
+def _fallback(path: Path) -> str:
+    """What the user can do about a damaged ``path``, from what really lies beside it."""
+    earlier = sorted((p for p in path.parent.glob("it*.ckpt") if p != path and p.stem[2:].isdigit()),
+                     key=lambda p: int(p.stem[2:]))
+    if earlier:
+        return (f"the latest earlier checkpoint beside it is {earlier[-1].name}: copy it to {path.name} to resume "
+                "from there, or start the run afresh with --restart")
+    return f"there is no earlier checkpoint in {path.parent}: start the run afresh with --restart"
 
 
 def compact_checkpoint(state: dict[str, Any]) -> dict[str, Any]:

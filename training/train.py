@@ -115,7 +115,7 @@ def cpu_steps_in_bf16(mode: str, device: torch.device) -> bool:
     """Whether training steps run under ``torch.autocast("cpu", bfloat16)`` (convolutions and matmuls in bf16,
     grid_sample and losses in fp32 by autocast's CPU policy): ``autocast`` always on the CPU, ``auto`` where the
     CPU computes bf16 in hardware (AVX-512 BF16 or AMX; ``worker.backends.cpu_has_native_bf16``), ``off`` never.
-    A GPU: no (CUDA uses ``amp``). Measured (README "Training speed on a CPU"): a lite 3-frame step 1.17x
+    A GPU: no (CUDA uses ``amp``). Measured (docs/training.md "Training speed on a CPU"): a lite 3-frame step 1.17x
     faster with AVX-512 BF16, 9x slower on an AVX2-only CPU, where bf16 convolutions fall back to reference code."""
     if device.type != "cpu":
         return False
@@ -347,6 +347,31 @@ def agree_on_step(world: int, device: torch.device, cpu_seconds: float, signum: 
     return float(t[0]), int(agreed)
 
 
+def claim_run_dir(run_dir: Path) -> Any:
+    """One trainer per run directory: an exclusive lock on ``run_dir/train.lock`` (it holds the owner's pid),
+    held while the returned file is open (the OS drops it when the process ends, even killed).
+
+    Raises CheckpointError naming the other trainer: a second one would resume from the first's live
+    checkpoint and both would write the same files.
+    """
+    import fcntl
+
+    f = open(run_dir / "train.lock", "a+")  # noqa: SIM115  (open as long as the run)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        other = f.read().strip() or "?"
+        f.close()
+        raise CheckpointError(f"another erdn train (pid {other}) is training in {run_dir}; wait for it to end, stop "
+                              "it, or give this run its own directory (--set run_dir=DIR)") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
 def train(cfg: TrainConfig, resume: bool = True) -> Path:
     """Run (or resume) the training described by ``cfg``; returns the final weights path."""
     rank, local_rank, world = setup_distributed()
@@ -357,6 +382,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     use_amp = cfg.amp and device.type == "cuda"
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock = claim_run_dir(run_dir) if main_process else None  # noqa: F841  (held until training returns)
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.preset, cfg.model.frames).to(device)

@@ -1,0 +1,43 @@
+"""One trainer per run directory, and a damaged checkpoint's message names what really exists (issue 30, 15)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO, worker_env
+
+from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from training.train import claim_run_dir
+
+
+def test_a_second_trainer_on_one_run_dir_is_refused_naming_the_first(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from training.train import claim_run_dir; "
+         f"f = claim_run_dir(Path({str(tmp_path)!r})); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, cwd=REPO, env=worker_env())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(CheckpointError) as e:
+            claim_run_dir(tmp_path)
+        assert str(e.value) == (f"another erdn train (pid {holder.pid}) is training in {tmp_path}; wait for it to "
+                                "end, stop it, or give this run its own directory (--set run_dir=DIR)")
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    claim_run_dir(tmp_path).close()  # the lock went with the killed process
+
+
+def test_a_damaged_checkpoint_names_the_earlier_one_or_says_there_is_none(tmp_path):
+    last = save_checkpoint({"iteration": 300}, tmp_path / "last.ckpt")
+    last.write_bytes(last.read_bytes()[:-10])  # truncated
+    with pytest.raises(CheckpointError, match=r"no earlier checkpoint in .*: start the run afresh with --restart"):
+        load_checkpoint(last)
+    for it in (100, 200):
+        save_checkpoint({"iteration": it}, tmp_path / f"it{it}.ckpt")
+    with pytest.raises(CheckpointError, match=r"the latest earlier checkpoint beside it is it200\.ckpt: copy it to "
+                                              r"last\.ckpt to resume from there"):
+        load_checkpoint(last)
