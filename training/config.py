@@ -107,7 +107,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (bfloat16)
     # bfloat16 on the CPU (torch.autocast: convs in bf16, grid_sample and the loss in fp32): "auto" where the
     # CPU has AVX-512 BF16 or AMX (1.17x it/core-hour there), else fp32; "autocast" always (9x slower per step
-    # on an AVX2-only CPU); "off" never. README "Training speed on a CPU".
+    # on an AVX2-only CPU); "off" never. docs/training.md "Training speed on a CPU".
     cpu_bf16: str = "auto"
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); validated and shipped
     weights_out: str = ""  # also copy the final weights here (e.g. worker/weights/x.safetensors)

@@ -74,7 +74,7 @@ CPU_PRECISION_ENV = "ERDN_CPU_PRECISION"
 def cpu_auto_precision(backend: str = "torch") -> str:
     """What precision="auto" is on this CPU: ``$ERDN_CPU_PRECISION`` when set, else bf16 for the torch backend
     where the CPU has native bf16 (lite 640x360 at default threads 1.2x faster; output within 71.7 dB PSNR of
-    fp32 on the shipped weights, ``benchmarks/cpu_bf16.py``, README "Speed"), else fp32. The onnx backend has
+    fp32 on the shipped weights, ``benchmarks/cpu_bf16.py``, docs/speed.md), else fp32. The onnx backend has
     no bf16: fp32.
 
     Raises BackendError for a value of ``$ERDN_CPU_PRECISION`` other than fp32 and bf16."""
