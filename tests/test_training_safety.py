@@ -41,3 +41,32 @@ def test_a_damaged_checkpoint_names_the_earlier_one_or_says_there_is_none(tmp_pa
     with pytest.raises(CheckpointError, match=r"the latest earlier checkpoint beside it is it200\.ckpt: copy it to "
                                               r"last\.ckpt to resume from there"):
         load_checkpoint(last)
+
+
+def erdn(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "erdn_vs.cli", *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd, env=worker_env(), stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.slow  # imports torch in fresh processes
+def test_frames_smaller_than_the_crop_are_one_line_before_training(tmp_path):
+    data = tmp_path / "data"
+    assert erdn("synth", str(data), "--clips", "1", "--test-clips", "0", "--frames", "6", "--size", "32x32",
+                "--subframes", "3").returncode == 0
+    r = erdn("train", "lite_synth", "--set", f"data.root={data}", f"run_dir={tmp_path / 'run'}", "data.crop=64",
+             cwd=tmp_path)  # a shipped config by name, from outside the checkout
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("erdn train: video clip_0000 has 32x32 frames, smaller than data.crop 64: lower the "
+                                "crop (--set data.crop=32 fits every video) or give bigger frames")
+    assert not (tmp_path / "run" / "last.ckpt").exists()
+
+
+def test_shipped_configs_are_listed_and_found_by_name_from_anywhere(tmp_path):
+    from training.config import ConfigError, load_config
+
+    assert load_config("paper").name == load_config(REPO / "training" / "configs" / "paper.yaml").name
+    assert load_config("paper.yaml").model.preset == "paper"
+    with pytest.raises(ConfigError, match=r"config nope does not exist, here or among the shipped configs \(.*paper"):
+        load_config("nope")
+    r = erdn("train", "--list-configs", cwd=tmp_path)
+    assert r.returncode == 0 and any(line.startswith("paper ") for line in r.stdout.splitlines())

@@ -177,11 +177,41 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     return cls(**values)
 
 
+#: The configs shipped with erdn-vs (``erdn train NAME`` finds them from any directory).
+SHIPPED = Path(__file__).resolve().parent / "configs"
+
+
+def shipped_configs() -> dict[str, Path]:
+    """Shipped config name (its path under ``SHIPPED`` without .yaml, e.g. ``paper``, ``trials/lite_f3``) -> path."""
+    return {str(p.relative_to(SHIPPED).with_suffix("")): p for p in sorted(SHIPPED.rglob("*.yaml"))}
+
+
+def describe_config(path: Path) -> str:
+    """A config's first comment line: what it is for."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def find_config(path: str | Path) -> Path:
+    """A config file: ``path`` itself, else the shipped config of that name (with or without .yaml).
+    Raises ConfigError naming the shipped configs."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    name = str(path).removesuffix(".yaml")
+    shipped = shipped_configs()
+    if name in shipped:
+        return shipped[name]
+    top = [n for n in shipped if "/" not in n]
+    raise ConfigError(f"config {path} does not exist, here or among the shipped configs ({', '.join(top)}, ...; "
+                      "`erdn train --list-configs` lists them all)")
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read and check a training config. ``overrides`` maps dotted keys (``data.crop``) to values."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config {path} does not exist")
+    path = find_config(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:  # one line: the problem and where (PyYAML's own text spans several)

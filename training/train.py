@@ -347,6 +347,19 @@ def agree_on_step(world: int, device: torch.device, cpu_seconds: float, signum: 
     return float(t[0]), int(agreed)
 
 
+def check_crop(videos: list, crop: int) -> None:
+    """Raise DatasetError, before any step, when a training video's frames are smaller than ``data.crop``
+    (its first frame; ``find_videos`` checks that a video's frames share one size)."""
+    from .data.images import image_size
+
+    for video in videos:
+        w, h = image_size(video.blur[0])
+        if min(w, h) < crop:
+            fits = min(min(image_size(v.blur[0])) for v in videos) // 16 * 16
+            raise DatasetError(f"video {video.name} has {w}x{h} frames, smaller than data.crop {crop}: lower the "
+                               f"crop (--set data.crop={fits} fits every video) or give bigger frames")
+
+
 def claim_run_dir(run_dir: Path) -> Any:
     """One trainer per run directory: an exclusive lock on ``run_dir/train.lock`` (it holds the owner's pid),
     held while the returned file is open (the OS drops it when the process ends, even killed).
@@ -403,6 +416,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
 
     videos = [v for root in (cfg.data.root, *cfg.data.more_train_roots)
               for v in find_videos(root, cfg.data.train_split, cfg.data.layout)]
+    check_crop(videos, cfg.data.crop)
     dataset = TrainWindows(videos, cfg.model.frames, cfg.data.crop, cfg.data.flip, cfg.data.rotate, cfg.seed)
     sampler = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=True, seed=cfg.seed, drop_last=True)
     iters_per_epoch = len(sampler) // cfg.batch
@@ -669,7 +683,8 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="erdn train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("config", help="YAML config (see training/configs/)")
+    p.add_argument("config", nargs="?", help="YAML config: a file, or a shipped config's name (--list-configs)")
+    p.add_argument("--list-configs", action="store_true", help="list the shipped configs (names and purpose)")
     p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override config keys, dotted within a section: --set batch=16 data.crop=192 (repeatable)")
     p.add_argument("--restart", action="store_true", help="ignore run_dir/last.ckpt and start from scratch")
@@ -681,6 +696,14 @@ def main(argv: list[str]) -> int:
                         "1.35x on an AVX2 EPYC at 1.33x the CPU per iteration, 1.58x on an AMX Xeon at no more "
                         "CPU; README 'Training speed on a CPU'), where one process on N threads costs 8x the CPU")
     a = p.parse_args(argv)
+    if a.list_configs:
+        from .config import describe_config, shipped_configs
+
+        for name, path in shipped_configs().items():
+            print(f"{name:36s} {describe_config(path)[:100]}")
+        return 0
+    if a.config is None:
+        p.error("the following arguments are required: config (a YAML file or a shipped name; --list-configs)")
     try:
         overrides = parse_overrides(a.set) | ({"nproc": a.nproc} if a.nproc is not None else {})
         cfg = load_config(a.config, overrides)
