@@ -70,3 +70,52 @@ def test_shipped_configs_are_listed_and_found_by_name_from_anywhere(tmp_path):
         load_config("nope")
     r = erdn("train", "--list-configs", cwd=tmp_path)
     assert r.returncode == 0 and any(line.startswith("paper ") for line in r.stdout.splitlines())
+
+
+def test_a_moved_run_dir_takes_every_output_of_the_run(tmp_path, capsys):
+    from training.config import load_config
+    from training.train import own_run_dir
+
+    overrides = {"run_dir": str(tmp_path / "mine")}
+    cfg = own_run_dir(load_config("lite_synth", overrides), overrides)
+    assert cfg.run_dir == str(tmp_path / "mine") and cfg.weights_out == "" and cfg.checkpoint_copy == ""
+    assert "this run does not write the config's weights_out (runs/lite_synth/" in capsys.readouterr().err
+    overrides["weights_out"] = str(tmp_path / "w.safetensors")
+    assert own_run_dir(load_config("lite_synth", overrides), overrides).weights_out == overrides["weights_out"]
+
+
+@pytest.mark.slow  # imports torch in fresh processes
+def test_model_names_are_taken_where_weights_paths_are(tmp_path):
+    import torch
+
+    from erdn_vs.manifest import load_manifest
+    from training.train import init_from
+    from worker.model import build_model, load_model
+
+    entry = load_manifest().models[0]
+    model = build_model(entry.preset, entry.frames)
+    init_from(model, entry.name)  # model.init_from: NAME
+    shipped = load_model(entry.path, device="cpu")
+    for (k, a), b in zip(model.state_dict().items(), shipped.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    data = tmp_path / "data"
+    assert erdn("synth", str(data), "--clips", "1", "--test-clips", "1", "--frames", "5", "--size", "64x64",
+                "--subframes", "3").returncode == 0
+    r = erdn("eval", entry.name, str(data), "--max-windows", "1", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert "PSNR" in r.stdout + r.stderr
+
+
+@pytest.mark.slow  # imports torch in fresh processes
+def test_the_finetune_recipe_runs_from_the_default_model(tmp_path):
+    """docs/finetune.md's steps, cut to 2 iterations: the shipped `finetune` config by name, from outside the
+    checkout, starts from the default model's weights."""
+    data = tmp_path / "mine"
+    assert erdn("synth", str(data), "--clips", "1", "--val-clips", "1", "--test-clips", "0", "--frames", "6",
+                "--size", "96x96", "--subframes", "3").returncode == 0
+    r = erdn("train", "finetune", "--set", f"data.root={data}", f"run_dir={tmp_path / 'ft'}", "iterations=2",
+             "val_every=2", "checkpoint_every=2", "data.val_windows=1", "data.crop=64", "batch=1", "threads=1",
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "started from the weights of erdn-lite-synth-v3-long" in r.stderr
+    assert (tmp_path / "ft" / "best.safetensors").is_file()

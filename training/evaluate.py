@@ -32,10 +32,25 @@ def official_windows(length: int, frames: int, border: bool) -> list[list[int]]:
     return [idx[i : i + frames] for i in range(len(idx) - 2 * half)]
 
 
+def resolve_weights(path: str | Path) -> str | Path:
+    """``path``, or, when no such file exists and it names a shipped model (plugin_manifest.yaml), that
+    model's weights file: ``erdn eval erdn-lite-synth ...``, ``model.init_from: erdn-lite-synth``."""
+    if Path(path).exists():
+        return path
+    try:
+        from erdn_vs.manifest import ManifestError, load_manifest
+
+        return load_manifest().model(str(path)).path
+    except (ImportError, ValueError, ManifestError):
+        return path  # load_model says the file does not exist
+
+
 def load_weights_or_checkpoint(path: str | Path, device: str):  # noqa: ANN201 - ERDN
-    """A weights file, or the model inside a training checkpoint (``last.ckpt`` of a running job)."""
+    """A weights file, a shipped model's name, or the model inside a training checkpoint (``last.ckpt`` of a
+    running job)."""
     from worker.model import build_model, load_model
 
+    path = resolve_weights(path)
     if Path(path).suffix != ".ckpt":
         return load_model(path, device=device)
     from training.checkpoint import load_checkpoint
@@ -129,7 +144,8 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="erdn eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("weights", help="weights (.safetensors from erdn train / erdn convert) or a training .ckpt")
+    p.add_argument("weights", help="weights (.safetensors from erdn train / erdn convert), a training .ckpt, or a "
+                   "shipped model's name (plugin_manifest.yaml, e.g. erdn-lite-synth)")
     p.add_argument("dataset", help="dataset folder (dvd, dvd-original, gopro or paired layout)")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--layout", default="auto")

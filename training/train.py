@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -345,6 +345,23 @@ def agree_on_step(world: int, device: torch.device, cpu_seconds: float, signum: 
     dist.all_reduce(t)
     agreed = signal.SIGTERM if t[1] > 0 else signal.SIGINT if t[2] > 0 else 0
     return float(t[0]), int(agreed)
+
+
+#: Outputs a config may send outside run_dir: a run moved with --set run_dir=... writes none of them there.
+OUTSIDE_RUN_DIR = ("weights_out", "checkpoint_copy")
+
+
+def own_run_dir(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """With ``run_dir`` overridden, every output of the run goes there: the config's ``weights_out`` and
+    ``checkpoint_copy`` (paths of the shipped run) are dropped unless also given, and the user is told."""
+    if "run_dir" not in overrides:
+        return cfg
+    dropped = [k for k in OUTSIDE_RUN_DIR if k not in overrides and getattr(cfg, k)]
+    if dropped and "WORLD_SIZE" not in os.environ:  # said once, by the launching process
+        print(f"erdn train: --set run_dir moves every output there; this run does not write the config's "
+              f"{' or '.join(f'{k} ({getattr(cfg, k)})' for k in dropped)}; give --set {dropped[0]}=PATH to "
+              "write it", file=sys.stderr)
+    return replace(cfg, **{k: "" for k in dropped})
 
 
 def check_crop(videos: list, crop: int) -> None:
@@ -706,7 +723,7 @@ def main(argv: list[str]) -> int:
         p.error("the following arguments are required: config (a YAML file or a shipped name; --list-configs)")
     try:
         overrides = parse_overrides(a.set) | ({"nproc": a.nproc} if a.nproc is not None else {})
-        cfg = load_config(a.config, overrides)
+        cfg = own_run_dir(load_config(a.config, overrides), overrides)
         if a.print_config:
             import yaml
 
