@@ -1,12 +1,18 @@
 """The ZeroMQ client of the worker, used by the VapourSynth filter (pyzmq + numpy, never torch).
 
-One DEALER socket per calling thread, request ids on every message, a timeout on every
-receive. When the worker does not answer, the client can start it detached (autostart) so
-that it outlives the script and serves the next reload.
+A client holds a fixed, small set of sockets, whatever the clip's length and however many
+threads call it: a pool of at most MAX_SOCKETS DEALER sockets for requests (one per request in
+flight, reused after), and one for pings and heartbeats. A socket whose request timed out is
+closed, not reused (its late reply must not answer the next request). Request ids go on every
+message and every receive has a timeout. While a session is open, a daemon thread sends
+heartbeats, so the worker frees the session soon after this process dies or forgets it. When
+the worker does not answer, the client can start it detached (autostart) so that it outlives
+the script and serves the next reload.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import importlib.util
@@ -16,6 +22,9 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +42,19 @@ MAX_BUSY_EXTENSIONS = 20  # a process request may wait this many timeouts while 
 ENDPOINT_IN_USE = 3  # the worker's exit code when another worker holds the endpoint
 LOG_MAX_BYTES = 10 * 2**20  # an autostarted worker's log is rotated past this size
 OVERLOAD_BACKOFF = (0.02, 0.5)  # first and longest wait before resending a request the worker had no room for
+MAX_SOCKETS = 16  # request sockets per client (deblur's ``batch`` is at most 16); more requests wait for one
+BEATS_PER_LEASE = 5  # heartbeats sent within one lease, so a few lost ones never cost a live session
+MAX_BUSY_RETRY_S = 60.0  # the longest wait a busy worker may ask for (sessions of dead clients to expire)
+SENT_MEMORY = 256  # source indices a session remembers having sent (the worker asks again for any it lacks)
 
 
 class WorkerError(Exception):
-    """Base of every client error; ``str(e)`` names the endpoint and says what to do."""
+    """Base of every client error; ``str(e)`` names the endpoint and says what to do.
+
+    ``retry_after``: seconds after which the worker expects the same request to succeed (a ``busy``
+    worker whose sessions look dead), else None."""
+
+    retry_after: float | None = None
 
 
 class WorkerUnavailable(WorkerError):
@@ -116,8 +134,81 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+class _SocketPool:
+    """The request sockets of one client: at most ``size``, each made when first needed and reused after.
+
+    A socket whose exchange did not end with its reply (a timeout, an error, an interrupt) is closed, never
+    reused. After ``close`` idle sockets close at once and busy ones when their exchange ends; ``on_empty``
+    runs once when the last one has closed."""
+
+    def __init__(self, make: Callable[[], zmq.Socket], size: int, on_empty: Callable[[], None]) -> None:
+        self._make = make
+        self._slots = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()
+        self._idle: list[zmq.Socket] = []
+        self._busy = 0
+        self._closed = False
+        self._on_empty = on_empty
+        self.made = 0  # sockets made so far (a test reads it: it stays small whatever the clip's length)
+
+    @contextlib.contextmanager
+    def socket(self) -> Iterator[zmq.Socket]:
+        """A socket for one exchange; the caller ends the exchange normally only once it has the reply."""
+        with self._slots:
+            with self._lock:
+                if self._closed:
+                    raise WorkerError("the worker client is closed; make a new WorkerClient")
+                sock = self._idle.pop() if self._idle else None
+                self._busy += 1
+            reusable = False
+            try:
+                if sock is None:
+                    sock = self._make()
+                    self.made += 1
+                yield sock
+                reusable = True
+            finally:
+                with self._lock:
+                    self._busy -= 1
+                    keep = reusable and sock is not None and not self._closed
+                    if keep:
+                        self._idle.append(sock)
+                    last = self._closed and self._busy == 0
+                if sock is not None and not keep:
+                    sock.close(linger=0)
+                if last:
+                    self._on_empty()
+
+    def close(self) -> bool:
+        """Close the idle sockets; True when none is busy (else the last one to finish calls ``on_empty``)."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            done = self._busy == 0
+        for sock in idle:
+            sock.close(linger=0)
+        return done
+
+
+def _heartbeat_loop(ref: weakref.ref, stop: threading.Event) -> None:
+    """Tell the worker that this client's leased sessions are alive, until ``stop`` or the client is gone."""
+    while True:
+        client = ref()
+        if client is None:
+            return
+        ids, interval = client._leased_sessions()
+        if ids:
+            try:
+                client._ping_reply(sessions=ids)
+            except Exception:  # noqa: BLE001 (a heartbeat never ends a render; the requests report a dead worker)
+                pass
+        del client  # hold no reference while waiting: the client may be freed meanwhile
+        if stop.wait(interval):
+            return
+
+
 class WorkerClient:
-    """Talks to one worker endpoint. Thread-safe: every thread gets its own DEALER socket.
+    """Talks to one worker endpoint. Thread-safe: requests share a small pool of DEALER sockets.
 
     ``curve`` (default: on for a tcp:// host other than loopback, or when $ERDN_WORKER_CURVE=1) uses
     CurveZMQ with this user's client key pair and the worker's public key (``erdn worker keys``).
@@ -140,9 +231,15 @@ class WorkerClient:
             self.worker_args.append("--curve")
         self._worker_pid: int | None = None  # the worker process that last answered a ping
         self._ctx = zmq.Context()
-        self._local = threading.local()
-        self._sockets: list[zmq.Socket] = []
-        self._sockets_lock = threading.Lock()
+        self._pool = _SocketPool(self._new_socket, MAX_SOCKETS, self._term)
+        self._ping_sock: zmq.Socket | None = None  # pings and heartbeats, one at a time (``_ping_lock``)
+        self._ping_lock = threading.Lock()
+        self._closed = False
+        self._terminated = False
+        self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()  # open sessions that have a lease
+        self._sessions_lock = threading.Lock()
+        self._heartbeat: threading.Thread | None = None
+        self._stop_heartbeat = threading.Event()
         self._ids = itertools.count(1)
         self._ids_lock = threading.Lock()
         self._ready = False
@@ -176,11 +273,29 @@ class WorkerClient:
         return Session(self, spec)
 
     def close(self) -> None:
-        """Close every socket of this client (sessions should be closed first)."""
-        with self._sockets_lock:
-            for s in self._sockets:
-                s.close(linger=0)
-            self._sockets.clear()
+        """Close every socket of this client and stop its heartbeats (sessions should be closed first:
+        the worker frees the others when their lease runs out). A request still in flight in another
+        thread ends first; its socket closes when it does. Calling it again does nothing."""
+        with self._sessions_lock:
+            if self._closed:
+                return
+            self._closed = True
+            heartbeat = self._heartbeat
+        self._stop_heartbeat.set()
+        if heartbeat is not None and heartbeat is not threading.current_thread():
+            heartbeat.join(timeout=PING_TIMEOUT + 1)
+        with self._ping_lock:
+            if self._ping_sock is not None:
+                self._ping_sock.close(linger=0)
+                self._ping_sock = None
+        if self._pool.close():
+            self._term()
+
+    def _term(self) -> None:
+        with self._ping_lock:
+            if self._terminated:
+                return
+            self._terminated = True
         self._ctx.term()
 
     def __enter__(self) -> WorkerClient:
@@ -205,28 +320,21 @@ class WorkerClient:
         sock.connect(self.endpoint)
         return sock
 
-    def _socket(self) -> zmq.Socket:
-        sock = getattr(self._local, "sock", None)
-        if sock is None:
-            sock = self._new_socket()
-            self._local.sock = sock
-            with self._sockets_lock:
-                self._sockets.append(sock)
-        return sock
-
-    def _drop_socket(self) -> None:
-        """After a timeout the socket may still get the late reply: replace it (lazy pirate)."""
-        sock = getattr(self._local, "sock", None)
-        if sock is not None:
-            self._local.sock = None
-            with self._sockets_lock:
-                if sock in self._sockets:
-                    self._sockets.remove(sock)
-            sock.close(linger=0)
+    def open_sockets(self) -> int:
+        """Sockets this client has made and not closed yet: the request pool's and the ping socket."""
+        with self._pool._lock:
+            pooled = len(self._pool._idle) + self._pool._busy
+        return pooled + (self._ping_sock is not None)
 
     def _exchange(self, header: dict, buffers: list, timeout: float, busy_wait: bool = False) -> tuple[dict, list]:
-        """Send one request and wait for its reply (matched by id); raises _NoReply on timeout."""
-        sock = self._socket()
+        """Send one request and wait for its reply (matched by id); raises _NoReply on timeout.
+
+        The socket goes back to the pool only after its reply came: one that timed out is closed (lazy pirate)."""
+        with self._pool.socket() as sock:
+            return self._exchange_on(sock, header, buffers, timeout, busy_wait)
+
+    def _exchange_on(self, sock: zmq.Socket, header: dict, buffers: list, timeout: float,
+                     busy_wait: bool) -> tuple[dict, list]:
         sock.send_multipart(P.encode(header, buffers), copy=False)
         sent_to = self._worker_pid
         now = time.monotonic()
@@ -239,7 +347,6 @@ class WorkerClient:
                 pong = self._ping_reply()
                 # Another process answers: the worker died and was restarted, and our request died with it.
                 if pong is None or (sent_to is not None and pong.get("pid") != sent_to):
-                    self._drop_socket()
                     raise _NoReply(dead=True)
                 next_check = time.monotonic() + LIVENESS_INTERVAL
             if now >= deadline and not sock.poll(0):
@@ -247,7 +354,6 @@ class WorkerClient:
                     extensions += 1
                     deadline = time.monotonic() + timeout
                     continue
-                self._drop_socket()
                 raise _NoReply()
             if not sock.poll(int((min(deadline, next_check) - now) * 1000) + 1):
                 continue
@@ -268,15 +374,21 @@ class WorkerClient:
         reply = self._ping_reply()
         return reply is not None and bool(reply.get("busy") or reply.get("queue_depth"))
 
-    def _ping_reply(self) -> dict | None:
-        """Ping on a separate short-lived socket (this thread's socket is waiting for a reply)."""
-        sock = self._new_socket()
-        try:
-            rid = self._next_id()
-            sock.send_multipart(P.encode(P.request("ping", rid)))
-            deadline = time.monotonic() + PING_TIMEOUT
-            while (remaining := deadline - time.monotonic()) > 0:
-                if sock.poll(int(remaining * 1000) + 1):
+    def _ping_reply(self, **fields: Any) -> dict | None:
+        """Ping on the client's ping socket (a request socket may be waiting for its reply); None when no
+        reply comes within PING_TIMEOUT. ``fields`` go into the request (``sessions``: a heartbeat).
+        A ping that timed out closes its socket; the next ping makes a new one."""
+        with self._ping_lock:
+            if self._closed:
+                return None
+            sock, self._ping_sock = self._ping_sock or self._new_socket(), None
+            try:
+                rid = self._next_id()
+                sock.send_multipart(P.encode(P.request("ping", rid, **fields)))
+                deadline = time.monotonic() + PING_TIMEOUT
+                while (remaining := deadline - time.monotonic()) > 0:
+                    if not sock.poll(int(remaining * 1000) + 1):
+                        continue
                     try:
                         reply = P.decode_header(sock.recv_multipart()[0])
                     except P.ProtocolError:
@@ -284,10 +396,38 @@ class WorkerClient:
                     if reply.get("id") == rid:
                         if type(reply.get("pid")) is int:
                             self._worker_pid = reply["pid"]
+                        self._ping_sock, sock = sock, None  # answered: keep it for the next ping
                         return reply
-            return None
-        finally:
-            sock.close(linger=0)
+                return None
+            finally:
+                if sock is not None:
+                    sock.close(linger=0)
+
+    # ------------------------------------------------------------ heartbeats
+
+    def _lease(self, session: Session) -> None:
+        """Keep ``session`` alive on the worker with heartbeats (it has a lease) until it closes."""
+        with self._sessions_lock:
+            if self._closed:
+                return
+            self._sessions.add(session)
+            if self._heartbeat is None:
+                self._heartbeat = threading.Thread(target=_heartbeat_loop, args=(weakref.ref(self),
+                                                   self._stop_heartbeat), name="erdn-heartbeat", daemon=True)
+                self._heartbeat.start()
+
+    def _unlease(self, session: Session) -> None:
+        with self._sessions_lock:
+            self._sessions.discard(session)
+
+    def _leased_sessions(self) -> tuple[list[str], float]:
+        """(ids of the open leased sessions, seconds until the next heartbeat)."""
+        with self._sessions_lock:
+            sessions = list(self._sessions)
+        ids = [sid for s in sessions if (sid := s.id) is not None]
+        leases = [s.lease for s in sessions if s.lease]
+        interval = min(leases) / BEATS_PER_LEASE if leases else 1.0
+        return ids[:P.MAX_HEARTBEAT_SESSIONS], max(0.05, interval)
 
     def _unavailable(self, what: str, autostarted: bool | None = None) -> WorkerUnavailable:
         """The error for an unreachable worker; it names the autostart log only for a worker autostarted here
@@ -359,10 +499,16 @@ class WorkerClient:
         restarts = 0
         overloaded_until = None
         backoff = OVERLOAD_BACKOFF[0]
+        other_version = None  # a worker of another protocol version, for P.ANY_VERSION_OPS
         while True:
+            if self._closed:  # never autostart a worker for a client that is done
+                raise WorkerError(f"the client of the erdn worker at {self.endpoint} is closed; make a new "
+                                  "WorkerClient")
             if start:
                 self._ensure_worker(known_dead=dead)
             header = P.request(op, self._next_id(), **fields)
+            if other_version is not None:
+                header["v"] = other_version
             try:
                 reply, bufs = self._exchange(header, arrays or [], timeout, busy_wait)
             except _NoReply as e:
@@ -378,6 +524,11 @@ class WorkerClient:
             status = reply.get("status")
             if status == "error":
                 cls = _ERRORS.get(reply.get("code"), WorkerError)
+                theirs = reply.get("v")
+                if (cls is ProtocolMismatch and op in P.ANY_VERSION_OPS and other_version is None
+                        and type(theirs) is int and theirs != P.PROTOCOL_VERSION):
+                    other_version = theirs  # an older worker: say it in its version, which it understands
+                    continue
                 if cls is _Overloaded:  # its queue is full: wait and resend, for up to one timeout
                     now = time.monotonic()
                     overloaded_until = overloaded_until or now + timeout
@@ -385,31 +536,64 @@ class WorkerClient:
                         time.sleep(backoff)
                         backoff = min(2 * backoff, OVERLOAD_BACKOFF[1])
                         continue
-                raise cls(f"erdn worker at {self.endpoint}: {reply.get('message', 'unknown error')}")
+                error = cls(f"erdn worker at {self.endpoint}: {reply.get('message', 'unknown error')}")
+                retry_after = reply.get("retry_after")
+                if type(retry_after) in (int, float) and 0 <= retry_after <= MAX_BUSY_RETRY_S:
+                    error.retry_after = float(retry_after)
+                raise error
             return reply, bufs
 
 
 class Session:
-    """One clip on the worker: a model, a frame size and caches of frames and stage-1 results."""
+    """One clip on the worker: a model, a frame size and caches of frames and stage-1 results.
+
+    What it keeps does not grow with the clip: it remembers the last SENT_MEMORY source indices it
+    sent (the worker asks again for a frame it lacks). While open, its client's heartbeats keep it
+    alive on the worker (``lease``: seconds the worker waits for one, None for an older worker)."""
 
     def __init__(self, client: WorkerClient, spec: P.SessionSpec) -> None:
         self._client = client
         self.spec = spec
         self._lock = threading.Lock()
         self._reopen_lock = threading.Lock()
-        self._sent: set[int] = set()
+        self._sent: OrderedDict[int, None] = OrderedDict()
         self.id: str | None = None
+        self.lease: float | None = None
         self.info: dict = {}
         self.bytes_sent = 0
         self._open()
 
     def _open(self) -> None:
         # Loading a model (or exporting its ONNX graphs once) can take longer than one timeout: wait while busy.
-        reply, _ = self._client._request("open_session", busy_wait=True, **self.spec.to_header())
+        # A full worker whose sessions may belong to dead clients says by when those will have expired: wait
+        # that long once, then ask again (a second refusal means every session is alive).
+        waited = False
+        while True:
+            try:
+                reply, _ = self._client._request("open_session", busy_wait=True, heartbeat=True,
+                                                 **self.spec.to_header())
+                break
+            except WorkerBusy as e:
+                if e.retry_after is None or waited:
+                    raise
+                waited = True
+                time.sleep(e.retry_after)
+        lease = reply.get("lease")
         with self._lock:
             self.id = reply["session"]
+            self.lease = float(lease) if type(lease) in (int, float) and lease > 0 else None
             self.info = reply
-            self._sent = set()
+            self._sent = OrderedDict()
+        if self.lease is not None:
+            self._client._lease(self)
+
+    def _mark_sent(self, indices: list[int]) -> None:
+        """Remember ``indices`` as sent (most recent last), forgetting the oldest past SENT_MEMORY."""
+        for i in indices:
+            self._sent[i] = None
+            self._sent.move_to_end(i)
+        while len(self._sent) > SENT_MEMORY:
+            self._sent.popitem(last=False)
 
     def process(self, n: int, window: tuple[int, ...], planes: dict[int, np.ndarray]) -> np.ndarray:
         """Restore output frame ``n`` from source frames ``window`` -> (3, H, W) float32.
@@ -435,7 +619,7 @@ class Session:
             with self._lock:
                 session_id = self.id
                 to_send = [i for i in dict.fromkeys(window) if send_all or i not in self._sent]
-                self._sent.update(to_send)
+                self._mark_sent(list(dict.fromkeys(window)))
             arrays = [np.ascontiguousarray(planes[i]) for i in to_send]
             try:
                 reply, bufs = self._client._request(
@@ -448,7 +632,8 @@ class Session:
                 continue
             except WorkerError:
                 with self._lock:
-                    self._sent.difference_update(to_send)  # unknown whether they arrived
+                    for i in to_send:  # unknown whether they arrived
+                        self._sent.pop(i, None)
                 raise
             with self._lock:
                 self.bytes_sent += sum(a.nbytes for a in arrays)
@@ -457,7 +642,8 @@ class Session:
                 send_all = bool(need_frames_seen)
                 need_frames_seen = True
                 with self._lock:
-                    self._sent.difference_update(reply.get("indices", []))
+                    for i in reply.get("indices", []):
+                        self._sent.pop(i, None)
                 continue
             out = np.frombuffer(bufs[0], dtype=np.float32)
             if out.size != 3 * spec.height * spec.width:
@@ -472,6 +658,7 @@ class Session:
         if self.id is None:
             return
         session_id, self.id = self.id, None
+        self._client._unlease(self)
         try:
             self._client._request("close_session", timeout=CLOSE_TIMEOUT, start=False, session=session_id)
         except WorkerError:

@@ -7,6 +7,12 @@ Requests carry ``{"v": PROTOCOL_VERSION, "op": OP, "id": REQUEST_ID, ...}``; rep
 ``{"v": ..., "id": REQUEST_ID, "status": "ok" | "error" | "need_frames", ...}``. An error
 reply has a ``code`` (one of ERROR_CODES) and a ``message`` that says what to do.
 
+Sessions end with their client: an ``open_session`` with ``"heartbeat": true`` gets a
+``"lease"`` (seconds) in its reply, and the client then sends ``ping`` with ``"sessions": [ids]``
+more often than that; a worker drops a leased session that misses its lease. A ``busy`` error
+may carry ``"retry_after"`` (seconds): sessions that look dead will have expired by then.
+Both are optional fields, so older clients and workers of the same version still talk.
+
 Pure Python + numpy: no torch, no vapoursynth.
 """
 
@@ -29,6 +35,10 @@ OPS = ("ping", "stats", "open_session", "process", "close_session", "shutdown")
 # Error codes (the client maps each to an exception class).
 BAD_REQUEST = "bad_request"  # a malformed or out-of-range message: a bug on the sending side
 VERSION_MISMATCH = "version_mismatch"  # client and worker speak different protocol versions
+#: Requests a worker answers whatever protocol version the client speaks: their header is the same in every
+#: version ({"v", "op", "id"}), so `erdn worker stop` and `status` work across an upgrade. A client whose
+#: request another version refused resends it with the worker's version (its error reply's "v").
+ANY_VERSION_OPS = ("ping", "stats", "shutdown")
 UNKNOWN_SESSION = "unknown_session"  # expired or never opened (the client reopens it)
 MODEL_ERROR = "model_error"  # weights/manifest missing, damaged or not matching the session
 CONFIG_ERROR = "config_error"  # a device/precision/backend/tile option the worker cannot honour
@@ -54,15 +64,17 @@ MAX_BUFFERS = 5  # a process request carries at most one buffer per window frame
 
 ENDPOINT_ENV = "ERDN_WORKER_ENDPOINT"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+MAX_HEARTBEAT_SESSIONS = 256  # session ids one heartbeat may name
 
 
 class ProtocolError(ValueError):
     """A message that breaks the protocol; ``code`` is one of ERROR_CODES."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, **fields: Any) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.fields = fields  # extra reply fields, e.g. retry_after for BUSY
 
 
 # ---------------------------------------------------------------- per-user paths and the default endpoint
@@ -208,8 +220,8 @@ def reply_ok(request_id: int | None, **fields: Any) -> dict[str, Any]:
     return {"v": PROTOCOL_VERSION, "id": request_id, "status": "ok", **fields}
 
 
-def reply_error(request_id: int | None, code: str, message: str) -> dict[str, Any]:
-    return {"v": PROTOCOL_VERSION, "id": request_id, "status": "error", "code": code, "message": message}
+def reply_error(request_id: int | None, code: str, message: str, **fields: Any) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "id": request_id, "status": "error", "code": code, "message": message, **fields}
 
 
 def reply_need_frames(request_id: int | None, indices: list[int]) -> dict[str, Any]:
@@ -248,7 +260,7 @@ def check_request_header(header: dict[str, Any]) -> tuple[str, int]:
     if type(request_id) is not int or not 0 <= request_id < 2**63:
         raise ProtocolError(BAD_REQUEST, f"'id' must be a non-negative integer, got {request_id!r}")
     version = header.get("v")
-    if version != PROTOCOL_VERSION:
+    if version != PROTOCOL_VERSION and not (header.get("op") in ANY_VERSION_OPS and type(version) is int):
         raise ProtocolError(
             VERSION_MISMATCH,
             f"client speaks protocol version {version!r}, this worker speaks {PROTOCOL_VERSION}; "
@@ -332,6 +344,18 @@ def _session_id(header: dict) -> str:
 
 def session_id_of(header: dict[str, Any]) -> str:
     return _session_id(header)
+
+
+def heartbeat_sessions(header: dict[str, Any]) -> list[str]:
+    """The session ids a ``ping`` keeps alive (its optional ``sessions`` field); [] when absent.
+
+    Raises ProtocolError (bad_request) for anything but a list of at most MAX_HEARTBEAT_SESSIONS ids."""
+    ids = header.get("sessions")
+    if ids is None:
+        return []
+    if not isinstance(ids, list) or len(ids) > MAX_HEARTBEAT_SESSIONS:
+        raise ProtocolError(BAD_REQUEST, f"'sessions' must be a list of at most {MAX_HEARTBEAT_SESSIONS} session ids")
+    return [_session_id({"session": sid}) for sid in ids]
 
 
 def frame_descriptor(index: int, array: np.ndarray) -> dict[str, Any]:

@@ -73,7 +73,8 @@ def test_session_spec_rejects(change, words):
     ({"v": 1, "op": "ping"}, P.BAD_REQUEST),  # no id
     ({"v": 1, "op": "ping", "id": -1}, P.BAD_REQUEST),
     ({"v": 1, "op": "ping", "id": True}, P.BAD_REQUEST),
-    ({"v": 99, "op": "ping", "id": 1}, P.VERSION_MISMATCH),
+    ({"v": 99, "op": "open_session", "id": 1}, P.VERSION_MISMATCH),  # ping, stats, shutdown: any version
+    ({"v": "1", "op": "shutdown", "id": 1}, P.VERSION_MISMATCH),
     ({"v": 1, "op": "explode", "id": 1}, P.BAD_REQUEST),
 ])
 def test_request_header_rejects(header, code):
@@ -82,9 +83,14 @@ def test_request_header_rejects(header, code):
     assert e.value.code == code
 
 
+@pytest.mark.parametrize("op", P.ANY_VERSION_OPS)
+def test_stop_status_and_ping_are_understood_in_any_version(op):
+    assert P.check_request_header({"v": 99, "op": op, "id": 1}) == (op, 1)
+
+
 def test_version_mismatch_says_what_to_do():
     with pytest.raises(P.ProtocolError, match="erdn worker stop"):
-        P.check_request_header({"v": 0, "op": "ping", "id": 1})
+        P.check_request_header({"v": 0, "op": "open_session", "id": 1})
 
 
 @pytest.mark.parametrize("mutate, words", [

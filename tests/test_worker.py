@@ -204,7 +204,7 @@ def header(**fields) -> bytes:
 @pytest.mark.parametrize("parts, code", [
     ([b"garbage"], P.BAD_REQUEST),
     ([b"[1]"], P.BAD_REQUEST),
-    ([json.dumps({"v": 0, "op": "ping", "id": 1}).encode()], P.VERSION_MISMATCH),
+    ([json.dumps({"v": 0, "op": "open_session", "id": 1}).encode()], P.VERSION_MISMATCH),
     ([header(op="reboot")], P.BAD_REQUEST),
     ([header(op="ping"), b"extra"], P.BAD_REQUEST),
     ([header(op="process", session="nosuch", n=0, window=[0, 1, 2, 3, 4], buffers=[])], P.UNKNOWN_SESSION),
