@@ -227,16 +227,20 @@ def test_frame_range_chunks_join_to_the_sources_audio(common, tmp_path, name, au
 BEEP_FRAME = 18  # the test audio is silent until the video's frame 18 (of 24), then a 1 kHz tone
 
 
+def first_pts(path: Path, stream: str) -> float:
+    """The first decoded frame's time of ``stream`` ("v" or "a") on the file's own timeline (-copyts)."""
+    info = "showinfo" if stream == "v" else "ashowinfo"
+    r = subprocess.run([tools.ffmpeg_exe(), "-hide_banner", "-copyts", "-i", str(path), "-map", f"0:{stream}:0",
+                        f"-frames:{stream}", "1", f"-{stream}f", info, "-f", "null", "-"],
+                       capture_output=True, check=True)
+    return float(re.search(rb"n: *0 pts: *\S+ +pts_time:(-?[\d.]+)", r.stderr).group(1))
+
+
 def beep_time(path: Path) -> float:
     """When the beep starts, on the file's timeline, from its first video frame's time."""
-    r = subprocess.run([tools.ffmpeg_exe(), "-hide_banner", "-copyts", "-i", str(path), "-map", "0:v:0", "-frames:v",
-                        "1", "-vf", "showinfo", "-map", "0:a:0", "-af", "ashowinfo", "-f", "null", "-"],
-                       capture_output=True, check=True)
-    video0 = float(re.search(rb"Parsed_showinfo_\d+ @ \S+\] n: *0 pts: *\S+ pts_time:(-?[\d.]+)", r.stderr).group(1))
-    audio0 = float(re.search(rb"Parsed_ashowinfo_\d+ @ \S+\] n:0 pts:\S+ pts_time:(-?[\d.]+)", r.stderr).group(1))
     pcm = ffmpeg("-i", str(path), "-map", "0:a:0", "-ac", "1", "-ar", "48000", "-f", "f32le", "pipe:1").stdout
     loud = np.flatnonzero(np.abs(np.frombuffer(pcm, np.float32)) > 0.2)
-    return audio0 + loud[0] / 48000 - video0
+    return first_pts(path, "a") + loud[0] / 48000 - first_pts(path, "v")
 
 
 @pytest.mark.slow

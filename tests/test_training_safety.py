@@ -53,7 +53,7 @@ def test_frames_smaller_than_the_crop_are_one_line_before_training(tmp_path):
     data = tmp_path / "data"
     assert erdn("synth", str(data), "--clips", "1", "--test-clips", "0", "--frames", "6", "--size", "32x32",
                 "--subframes", "3").returncode == 0
-    r = erdn("train", "lite_synth", "--set", f"data.root={data}", f"run_dir={tmp_path / 'run'}", "data.crop=64",
+    r = erdn("train", "finetune", "--set", f"data.root={data}", f"run_dir={tmp_path / 'run'}", "data.crop=64",
              cwd=tmp_path)  # a shipped config by name, from outside the checkout
     assert r.returncode == 2
     assert r.stderr.strip() == ("erdn train: video clip_0000 has 32x32 frames, smaller than data.crop 64: lower the "
