@@ -31,8 +31,16 @@ def serve_parser() -> argparse.ArgumentParser:
                    help="exit after this many seconds with no open session (0: never; default 300)")
     p.add_argument("--session-timeout", type=float, default=600.0,
                    help="drop a session after this many seconds without requests (default 600)")
+    p.add_argument("--session-lease", type=float, default=10.0,
+                   help="end a session whose client stopped sending heartbeats after this many seconds (0: no "
+                        "leases; on an ipc endpoint a session also ends as soon as its client process exits; "
+                        "default 10)")
     p.add_argument("--cache-mb", type=float, default=2048,
                    help="MiB the frame and stage-1 caches may hold, all sessions together (default 2048)")
+    p.add_argument("--models-mb", type=float, default=1024,
+                   help="MiB of parameters the loaded models may hold together; past it the least recently used "
+                        "model that no open session uses is evicted (models in use always stay; default 1024). "
+                        "The worker's memory is about torch's own (~600 MiB on the CPU) + --models-mb + --cache-mb")
     p.add_argument("--manifest", default=None,
                    help="plugin_manifest.yaml that maps model names to weights (default: $ERDN_MANIFEST, else the "
                         "one next to the worker package)")
@@ -68,7 +76,8 @@ def serve_main(argv: list[str]) -> int:
     from .config import WorkerConfig
     from .server import EndpointInUse, Server
 
-    for name, value in (("--cache-mb", args.cache_mb * 1024), ("--max-sessions", args.max_sessions),
+    for name, value in (("--cache-mb", args.cache_mb * 1024), ("--models-mb", args.models_mb * 1024),
+                        ("--max-sessions", args.max_sessions),
                         ("--max-pixels", args.max_pixels), ("--max-batch", args.max_batch),
                         ("--max-frame-pixels", args.max_frame_pixels), ("--max-queue", args.max_queue),
                         ("--max-queue-mb", args.max_queue_mb * 1024)):
@@ -76,6 +85,10 @@ def serve_main(argv: list[str]) -> int:
             print(f"erdn worker: {name} is too small; give a positive number (`erdn worker --help` shows the "
                   "defaults)", file=sys.stderr)
             return 2
+    if args.session_lease < 0:
+        print(f"erdn worker: --session-lease must be 0 (no leases) or a number of seconds, got {args.session_lease:g}",
+              file=sys.stderr)
+        return 2
     if args.threads < 0:
         print(f"erdn worker: --threads must be 0 (torch's default) or a number of threads, got {args.threads}",
               file=sys.stderr)
@@ -92,7 +105,8 @@ def serve_main(argv: list[str]) -> int:
         return 2
     config = WorkerConfig(endpoint=endpoint, device=args.device, backend=args.backend,
                           idle_timeout=args.idle_timeout, session_timeout=args.session_timeout,
-                          cache_mb=args.cache_mb, max_sessions=args.max_sessions, max_pixels=args.max_pixels,
+                          cache_mb=args.cache_mb, models_mb=args.models_mb, session_lease=args.session_lease,
+                          max_sessions=args.max_sessions, max_pixels=args.max_pixels,
                           max_batch=args.max_batch, manifest=args.manifest, batch_window_ms=args.batch_window_ms,
                           threads=args.threads, max_frame_pixels=args.max_frame_pixels, max_queue=args.max_queue,
                           max_queue_mb=args.max_queue_mb, curve=args.curve)

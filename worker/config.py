@@ -17,6 +17,8 @@ class WorkerConfig:
     idle_timeout: float = 300.0  # exit after this long with no session and no request (0: never)
     session_timeout: float = 600.0  # a session without requests for this long is dropped
     cache_mb: float = 2048
+    models_mb: float = 1024  # loaded models' parameters, all together; the least recently used idle one goes first
+    session_lease: float = 10.0  # a session whose client sends heartbeats ends after this long without one
     manifest: str | None = None
     max_sessions: int = 16
     max_pixels: int = DEFAULT_MAX_PIXELS  # per forward call: batch x tile area

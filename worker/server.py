@@ -5,6 +5,11 @@ at once, even while a long computation runs, and queues everything else for the 
 thread. The compute thread owns the sessions and the model; it collects process requests
 that arrive within a short window into one batch, and hands its replies back over an
 inproc socket (ZeroMQ sockets are not thread-safe). Nothing goes to stdout.
+
+A session ends with its client: the I/O thread records the heartbeats that come with ``ping``
+(``Heartbeats``), and on an ipc endpoint it reads the client's pid from the connection (the kernel's
+SO_PEERCRED, which libzmq puts in each message's Peer-Address), so the compute thread can drop the
+session as soon as that process exits.
 """
 
 from __future__ import annotations
@@ -53,12 +58,23 @@ def _hold_endpoint_lock(endpoint: str) -> Any:
     return f
 
 
+def peer_pid(address: str | None) -> int | None:
+    """The client's pid from an ipc message's Peer-Address (``HOST:UID:GID:PID``); None when it has none
+    (tcp, or a client in a pid namespace this worker cannot see)."""
+    parts = (address or "").rsplit(":", 3)
+    if len(parts) == 4 and parts[3].isdigit() and int(parts[3]) > 0:
+        return int(parts[3])
+    return None
+
+
 class Server:
     def __init__(self, config: WorkerConfig) -> None:
-        from .session import Stats
+        from .session import Heartbeats, Stats
 
         self.config = config
         self.stats = Stats()
+        self.heartbeats = Heartbeats()
+        self._ipc = config.endpoint.startswith("ipc://")
         self.ctx = zmq.Context()
         self.jobs: queue.Queue = queue.Queue()
         self.stop = threading.Event()
@@ -183,11 +199,12 @@ class Server:
                 raise P.ProtocolError(P.BAD_REQUEST, f"a request carries at most {P.MAX_BUFFERS} buffers, "
                                       f"got {len(frames) - 1}")
             if op == "ping":
+                alive = self.heartbeats.beat(P.heartbeat_sessions(header))
                 with self.stats.lock:
                     queued = self.stats.queue_depth
                 send(P.reply_ok(request_id, pid=os.getpid(), endpoint=self.config.endpoint,
                                 protocol=P.PROTOCOL_VERSION, ready=self.ready.is_set(), load_error=self.load_error,
-                                busy=self.busy, queue_depth=queued))
+                                busy=self.busy, queue_depth=queued, heartbeats=alive))
             elif op == "stats":
                 stats = self.stats.snapshot()
                 stats.update(pid=os.getpid(), endpoint=self.config.endpoint, backend=self.config.backend,
@@ -215,16 +232,26 @@ class Server:
                 buffers = [f.buffer for f in frames[1:]]
                 # Name the frames here, beside the compute thread (hashlib releases the GIL on big buffers).
                 contents = [content_digest(b) for b in buffers]
-                self.jobs.put((op, identity, request_id, header, buffers, size, contents))
+                client = self._client_pid(frames[0]) if op == "open_session" else None
+                self.jobs.put((op, identity, request_id, header, buffers, size, contents, client))
         except P.ProtocolError as e:
             self.stats.add(errors=1)
             if e.code != P.OVERLOADED:
                 log.warning("bad request: %s", e.message)
-            send(P.reply_error(request_id, e.code, e.message))
+            send(P.reply_error(request_id, e.code, e.message, **e.fields))
         except Exception as e:  # a bug here must not end the I/O thread: answer and go on
             log.exception("request failed in the I/O thread")
             self.stats.add(errors=1)
             send(P.reply_error(request_id, P.INTERNAL, self._internal_message(e)))
+
+    def _client_pid(self, frame: zmq.Frame) -> int | None:
+        """The sending process's pid, on an ipc endpoint (None elsewhere, or where libzmq does not tell it)."""
+        if not self._ipc:
+            return None
+        try:
+            return peer_pid(frame.get("Peer-Address"))
+        except (zmq.ZMQError, UnicodeDecodeError):
+            return None
 
     # ------------------------------------------------------------ compute thread
 
@@ -297,7 +324,8 @@ class Server:
                               manifest=c.manifest,
                               max_sessions=c.max_sessions, session_timeout=c.session_timeout,
                               max_pixels=c.max_pixels, max_batch=c.max_batch, stats=self.stats,
-                              max_frame_pixels=c.max_frame_pixels)
+                              max_frame_pixels=c.max_frame_pixels, models_bytes=int(c.models_mb * (1 << 20)),
+                              session_lease=c.session_lease, heartbeats=self.heartbeats)
 
     def _run(self, manager, batch: list, out: zmq.Socket) -> None:
         def replier(identity: bytes, request_id: int):
@@ -308,7 +336,7 @@ class Server:
             return reply
 
         process = []
-        for op, identity, request_id, header, buffers, _, contents in batch:
+        for op, identity, request_id, header, buffers, _, contents, client in batch:
             reply = replier(identity, request_id)
             if manager is None:
                 reply((P.reply_error(None, P.CONFIG_ERROR, self.load_error or "worker not ready"), []))
@@ -316,7 +344,8 @@ class Server:
             if op == "process":
                 process.append((header, buffers, reply, contents))
                 continue
-            self._guarded(reply, lambda op=op, header=header, reply=reply: self._session_op(manager, op, header, reply))
+            self._guarded(reply, lambda op=op, header=header, reply=reply, client=client:
+                          self._session_op(manager, op, header, reply, client))
         if process:
             try:
                 manager.process_batch(process)
@@ -326,9 +355,9 @@ class Server:
                 for _, _, reply, _ in process:
                     reply((P.reply_error(None, P.INTERNAL, self._internal_message(e)), []))
 
-    def _session_op(self, manager, op: str, header: dict, reply) -> None:
+    def _session_op(self, manager, op: str, header: dict, reply, client: int | None) -> None:
         if op == "open_session":
-            reply((P.reply_ok(None, **manager.open(header)), []))
+            reply((P.reply_ok(None, **manager.open(header, client_pid=client)), []))
         elif op == "close_session":
             closed = manager.close(P.session_id_of(header))
             reply((P.reply_ok(None, closed=closed), []))
@@ -339,7 +368,7 @@ class Server:
         except P.ProtocolError as e:
             self.stats.add(errors=1)
             log.warning("request refused: %s", e.message)
-            reply((P.reply_error(None, e.code, e.message), []))
+            reply((P.reply_error(None, e.code, e.message, **e.fields), []))
         except Exception as e:
             log.exception("request failed")
             self.stats.add(errors=1)

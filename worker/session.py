@@ -3,7 +3,7 @@
 A session is one clip: a model, a frame size, a sample type. Every frame a session receives
 is named by a digest of its bytes; the session only remembers which digest each source index
 had. One cache, shared by all sessions and bounded in bytes, holds by content:
-- the frames (reflect-padded to STRIDE once, on the model's device),
+- the frames (reflect-padded to the model's stride once, on the model's device),
 - stage-1 results, keyed by the model and the digests of their triplet,
 - final outputs, keyed by the model and the digests of their window.
 For output frame n with window (w0..w4), stage 1 runs on (w0,w1,w2), (w1,w2,w3), (w2,w3,w4)
@@ -13,12 +13,21 @@ are contents after edge and scene-cut substitution, a cached result is exactly w
 computes on that window, whichever session computed it: a reloaded script (vspreview, a second
 vspipe run) or a second clip with the same frames is answered from the cache.
 
-All of this runs on the worker's single compute thread; only ``Stats`` is shared.
+Nothing here grows with a clip's length or with the number of clips served: a session remembers
+the digests of its last SESSION_DIGESTS source indices (the client sends again a frame that was
+forgotten); loaded models past ``models_bytes`` are evicted least recently used first, never one
+an open session uses; and a session ends when its client does: its process exits (ipc: the
+worker knows the client's pid), it stops sending heartbeats for a lease, or it sends no request
+for ``session_timeout``.
+
+All of this runs on the worker's single compute thread; only ``Stats`` and ``Heartbeats`` are shared.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import itertools
 import logging
 import secrets
 import threading
@@ -45,6 +54,52 @@ from .tiling import plan_tile, run_tiled
 log = logging.getLogger("erdn.worker")
 
 Reply = tuple[dict, list]  # header, buffers
+
+SESSION_DIGESTS = 1024  # source indices a session remembers (a client sends at most 256 it believes known)
+DOUBTFUL_LEASE_FRACTION = 0.5  # a session whose live client has been quiet for this part of its lease looks dead
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, field 22 of /proc/PID/stat), or None when it
+    is gone, a zombie, or there is no /proc (then its pid tells the worker nothing)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+class Heartbeats:
+    """When each leased session's client last said it is alive: the I/O thread writes (``beat``, from
+    ``ping`` with ``sessions``), the compute thread reads. Only sessions the manager opened are kept."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+
+    def start(self, session_id: str) -> None:
+        with self._lock:
+            self._last[session_id] = time.monotonic()
+
+    def forget(self, session_id: str) -> None:
+        with self._lock:
+            self._last.pop(session_id, None)
+
+    def beat(self, session_ids: list[str]) -> int:
+        """Mark these sessions alive now; returns how many of them are known."""
+        now = time.monotonic()
+        with self._lock:
+            known = [sid for sid in session_ids if sid in self._last]
+            for sid in known:
+                self._last[sid] = now
+        return len(known)
+
+    def last(self, session_id: str) -> float:
+        with self._lock:
+            return self._last.get(session_id, 0.0)
 
 
 def content_digest(buffer: Any) -> bytes:
@@ -126,8 +181,12 @@ class Stats:
     sessions: dict[str, dict] = field(default_factory=dict)
     cache_bytes: int = 0
     cache_evictions: int = 0
-    models_loaded: int = 0  # weights loaded onto a device (once per model, device and precision)
+    models_loaded: int = 0  # weights loaded onto a device (once per model, device and precision, until evicted)
     model_load_seconds: float = 0.0
+    models_resident: int = 0  # models loaded now
+    models_bytes: int = 0  # their parameters' bytes
+    models_evicted: int = 0  # models dropped to keep models_bytes within --models-mb
+    sessions_expired: int = 0  # sessions dropped because their client ended (or went quiet)
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
@@ -153,9 +212,13 @@ class WorkerSession:
     tile: tuple[int, int] | None  # (h, w) in padded pixels, or None for whole frames
     padded_hw: tuple[int, int]
     model_key: tuple  # what, besides the input contents, decides a result: model, device, precision, tiling
-    digests: dict[int, bytes] = field(default_factory=dict)  # source index -> digest of the frame received
+    # source index -> digest of the frame received, the last SESSION_DIGESTS used
+    digests: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
     last_used: float = field(default_factory=time.monotonic)
     frames_served: int = 0
+    lease: float | None = None  # seconds without a heartbeat after which the session ends (None: no heartbeats)
+    client_pid: int | None = None  # the client's process (ipc only), checked with client_start
+    client_start: int | None = None
 
     def describe(self) -> dict[str, Any]:
         s = self.spec
@@ -164,7 +227,14 @@ class WorkerSession:
                 "backend": self.backend.name, "device": str(self.backend.device),
                 "precision": self.backend.precision,
                 "tile": [self.tile[1], self.tile[0]] if self.tile else None,  # (w, h), as sessions ask for it
-                "frames_served": self.frames_served}
+                "frames_served": self.frames_served, "lease": self.lease, "client_pid": self.client_pid}
+
+    def remember(self, index: int, digest: bytes) -> None:
+        """Note the digest of source frame ``index``, forgetting the least recently used past SESSION_DIGESTS."""
+        self.digests[index] = digest
+        self.digests.move_to_end(index)
+        while len(self.digests) > SESSION_DIGESTS:
+            self.digests.popitem(last=False)
 
 
 @dataclass
@@ -181,13 +251,25 @@ class _Job:
     output: Tensor | None = None  # found in the cache
 
 
+def model_bytes(backend: Backend, weights: Path) -> int:
+    """What a loaded model holds: its parameters' and buffers' bytes (torch), else its weights file's size."""
+    model = getattr(backend, "model", None)
+    if isinstance(model, torch.nn.Module):
+        return sum(t.numel() * t.element_size() for t in itertools.chain(model.parameters(), model.buffers()))
+    return weights.stat().st_size
+
+
 class SessionManager:
     """Opens and closes sessions and runs batches of process requests through the cached cascade."""
 
     def __init__(self, *, backend: str = "torch", device: str = "auto", cache_bytes: int = 1 << 30,
                  max_sessions: int = 16, session_timeout: float = 600.0, max_pixels: int = DEFAULT_MAX_PIXELS,
                  max_batch: int = 8, manifest: str | None = None, stats: Stats | None = None,
-                 max_frame_pixels: int = P.MAX_PIXELS) -> None:
+                 max_frame_pixels: int = P.MAX_PIXELS, models_bytes: int = 1 << 30, session_lease: float = 10.0,
+                 heartbeats: Heartbeats | None = None) -> None:
+        """``models_bytes``: parameter bytes the loaded models may hold together; past it the least recently
+        used model no session uses is evicted. ``session_lease``: seconds a session whose client sends
+        heartbeats lives without one (0: no leases). ``heartbeats``: shared with the I/O thread."""
         self.manifest = Path(manifest) if manifest else None
         self.backend_kind = backend
         self.default_device = device
@@ -199,11 +281,20 @@ class SessionManager:
         self.max_frame_pixels = max_frame_pixels
         self.stats = stats or Stats()
         self.sessions: dict[str, WorkerSession] = {}
-        self._backends: dict[tuple, Backend] = {}
+        self.models_bytes = models_bytes
+        self.session_lease = session_lease
+        self.heartbeats = heartbeats or Heartbeats()
+        self._track_pids = Path("/proc/self/stat").exists()
+        # (backend kind, weights sha256, device, precision) -> backend, least recently used first
+        self._backends: OrderedDict[tuple, Backend] = OrderedDict()
+        self._backend_bytes: dict[tuple, int] = {}
 
     # ------------------------------------------------------------ sessions
 
-    def open(self, header: dict) -> dict:
+    def open(self, header: dict, client_pid: int | None = None) -> dict:
+        """Open a session for the clip ``header`` describes; ``client_pid``: the client's process, where the
+        transport tells it (ipc). Raises ProtocolError: bad_request, model_error, config_error, or busy (with
+        ``retry_after`` when some open sessions look dead and will have expired by then)."""
         spec = P.SessionSpec.from_header(header)
         if spec.width * spec.height > self.max_frame_pixels:
             raise P.ProtocolError(P.CONFIG_ERROR, f"{spec.width}x{spec.height} frames are larger than this worker's "
@@ -212,7 +303,8 @@ class SessionManager:
         self.expire()
         if len(self.sessions) >= self.max_sessions:
             raise P.ProtocolError(P.BUSY, f"this worker already has {len(self.sessions)} open sessions (its "
-                                  "--max-sessions); close finished clips or restart it with a larger --max-sessions")
+                                  "--max-sessions); close finished clips or restart it with a larger --max-sessions",
+                                  **self._retry_hint())
         try:
             weights = resolve(spec.model, spec.weights, self.manifest)
             device = resolve_device(spec.device, self.default_device)
@@ -226,7 +318,9 @@ class SessionManager:
                                   f"the session asked for frames={spec.frames}")
         key = (self.backend_kind, weights.sha256, str(device), precision)
         backend = self._backends.get(key)
-        if backend is None:
+        if backend is not None:
+            self._backends.move_to_end(key)
+        else:
             t0 = time.perf_counter()
             try:
                 backend = load_backend(self.backend_kind, weights, device, precision)
@@ -238,15 +332,25 @@ class SessionManager:
             log.info("loaded %s on %s (%s, %s) in %.2f s", weights.path, device, self.backend_kind, precision, seconds)
             self.stats.add(models_loaded=1, model_load_seconds=seconds)
             self._backends[key] = backend
+            self._backend_bytes[key] = model_bytes(backend, weights.path)
         if backend.frames != spec.frames:
+            self._evict_models()
             raise P.ProtocolError(P.MODEL_ERROR, f"{weights.path} is a frames={backend.frames} model; open the "
                                   f"session with frames={backend.frames}")
-        stride = 8
+        stride = backend.stride  # the model's own: 8 at full resolution, 32 for a stem-4 preset
         padded_hw = (-(-spec.height // stride) * stride, -(-spec.width // stride) * stride)
-        tile = plan_tile(padded_hw, spec.tile, spec.overlap, self.max_pixels)
+        tile = plan_tile(padded_hw, spec.tile, spec.overlap, self.max_pixels, stride)
         model_key = (*key, tile, spec.overlap if tile else 0)
         session = WorkerSession(secrets.token_hex(8), spec, backend, tile, padded_hw, model_key)
+        if header.get("heartbeat") is True and self.session_lease > 0:
+            session.lease = self.session_lease
+            self.heartbeats.start(session.id)
+        if client_pid is not None and self._track_pids:
+            start = process_start(client_pid)
+            if start is not None:
+                session.client_pid, session.client_start = client_pid, start
         self.sessions[session.id] = session
+        self._evict_models()
         self.publish_sessions()
         log.info("opened session %s: %s", session.id, session.describe())
         return session.describe()
@@ -254,21 +358,80 @@ class SessionManager:
     def close(self, session_id: str) -> bool:
         # Cached contents stay (bounded by the cache budget): a reopened script finds them.
         session = self.sessions.pop(session_id, None)
+        self.heartbeats.forget(session_id)
+        if session is not None:
+            self._evict_models()
         self.publish_sessions()
         return session is not None
 
+    def _end_reason(self, session: WorkerSession, now: float) -> str | None:
+        """Why ``session`` is over (its client ended or went quiet), or None while it is alive."""
+        if session.client_pid is not None and process_start(session.client_pid) != session.client_start:
+            return f"its client (pid {session.client_pid}) exited"
+        if session.lease is not None:
+            quiet = now - max(self.heartbeats.last(session.id), session.last_used)
+            if quiet > session.lease:
+                return f"its client sent no heartbeat for {quiet:.1f} s (lease {session.lease:g} s)"
+        if now - session.last_used > self.session_timeout:
+            return f"it had no request for {self.session_timeout:.0f} s (--session-timeout)"
+        return None
+
     def expire(self) -> None:
-        """Drop sessions nobody used for ``session_timeout`` seconds (their client vanished)."""
+        """Drop the sessions whose client ended: its process exited, it missed its heartbeat lease, or it sent
+        no request for ``session_timeout`` seconds."""
         now = time.monotonic()
-        for sid in [s.id for s in self.sessions.values() if now - s.last_used > self.session_timeout]:
-            log.info("session %s expired after %.0f s without requests", sid, self.session_timeout)
-            self.close(sid)
+        for session in list(self.sessions.values()):
+            reason = self._end_reason(session, now)
+            if reason is not None:
+                log.info("session %s ended: %s", session.id, reason)
+                self.stats.add(sessions_expired=1)
+                self.close(session.id)
+
+    def _retry_hint(self) -> dict[str, float]:
+        """For a busy reply: ``retry_after``, the seconds after which every session that may belong to a dead
+        client has expired (its lease ran out), or {} when every session's client is known to be alive. A
+        leased session counts unless its client's process is tracked (ipc), alive and recently heard from."""
+        now = time.monotonic()
+
+        def quiet(s: WorkerSession) -> float:
+            return now - max(self.heartbeats.last(s.id), s.last_used)
+
+        doubtful = [s for s in self.sessions.values() if s.lease is not None
+                    and (s.client_pid is None or quiet(s) > s.lease * DOUBTFUL_LEASE_FRACTION)]
+        if not doubtful:
+            return {}
+        return {"retry_after": round(max(0.0, *(s.lease - quiet(s) for s in doubtful)) + 0.25, 3)}
+
+    def _evict_models(self) -> None:
+        """Evict loaded models, least recently used first, while their bytes exceed ``models_bytes``; a model
+        an open session uses always stays (so the bound can be exceeded by the models in use)."""
+        in_use = {s.model_key[:4] for s in self.sessions.values()}
+        total = sum(self._backend_bytes.values())
+        evicted = []
+        for key in list(self._backends):
+            if total <= self.models_bytes:
+                break
+            if key in in_use:
+                continue
+            self._backends.pop(key)
+            total -= self._backend_bytes.pop(key)
+            evicted.append(key)
+        if evicted:
+            gc.collect()  # free the modules' tensors now, not at some later collection
+            if torch.cuda.is_available() and any(k[2].startswith("cuda") for k in evicted):
+                torch.cuda.empty_cache()
+            for key in evicted:
+                log.info("evicted model %s on %s (%s, %s): loaded models past --models-mb", key[1][:12], key[2],
+                         key[0], key[3])
+            self.stats.add(models_evicted=len(evicted))
 
     def publish_sessions(self) -> None:
         with self.stats.lock:
             self.stats.sessions = {s.id: s.describe() for s in self.sessions.values()}
             self.stats.cache_bytes = self.cache.bytes
             self.stats.cache_evictions = self.cache.evictions
+            self.stats.models_resident = len(self._backends)
+            self.stats.models_bytes = sum(self._backend_bytes.values())
 
     def get(self, session_id: str) -> WorkerSession:
         session = self.sessions.get(session_id)
@@ -284,11 +447,12 @@ class SessionManager:
                content: bytes | None) -> tuple[bytes, Tensor]:
         """Name a received frame by its content; pad it to the stride once, on the model's device, and cache it."""
         digest = frame_digest(array, content)
-        session.digests[index] = digest
+        session.remember(index, digest)
         key = _frame_key(session, digest)
         t = self.cache.get(key)
         if t is None:
-            t = pad_to_stride(torch.from_numpy(np.array(array, copy=True)).to(session.backend.device))[0]
+            t = pad_to_stride(torch.from_numpy(np.array(array, copy=True)).to(session.backend.device),
+                              session.backend.stride)[0]
             self.cache.put(key, t)
         return digest, t
 
@@ -301,6 +465,8 @@ class SessionManager:
             self.stats.add(need_frames_replies=1)
             reply((P.reply_need_frames(None, unknown), []))
             return None
+        for i in dict.fromkeys(req.window):
+            digests.move_to_end(i)  # in use: the last to be forgotten
         w = [digests[i] for i in req.window]
         model = session.model_key
         triplets = [tuple(w[0:3])] if len(w) == 3 else [tuple(w[i:i + 3]) for i in range(3)]
