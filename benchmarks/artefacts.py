@@ -172,9 +172,10 @@ def save_pictures(out: Path, label: str, clip: str, pan: tuple[np.ndarray, ...],
                                                                                        Image.NEAREST))
              for im in pan]
     names = ["blurry (pan)", f"restored: {label}", "sharp"]
-    Image.fromarray(np.concatenate([labelled([to_u8(im) for im in pan], names),
-                                    labelled(crops, [n + ", 2x crop" for n in names])])).save(
-        out / f"{label}_{clip}_pan.png")
+    rows = [labelled([to_u8(im) for im in pan], names), labelled(crops, [n + ", 2x crop" for n in names])]
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    Image.fromarray(np.concatenate(rows)).save(out / f"{label}_{clip}_pan.png")
     inp, outp = frame
     change = np.clip(8 * np.abs(outp - inp), 0, 1)
     Image.fromarray(labelled([to_u8(inp), to_u8(outp), to_u8(change)],

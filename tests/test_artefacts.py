@@ -52,3 +52,13 @@ def test_pan_window_blurs_in_linear_light_around_a_sharp_middle():
     expect = linear_to_srgb(np.mean([lin[:, margin + u : margin + u + w] for u in range(-4, 5)], axis=0))
     np.testing.assert_allclose(blurry[1], np.round(expect * 255) / 255, atol=1e-6)
     assert artefacts.psnr(blurry[1], sharp) < artefacts.psnr(sharp, sharp)
+
+
+def test_pictures_are_written_for_any_frame_size(tmp_path):
+    x = frames(3, 40, 120)
+    artefacts.save_pictures(tmp_path, "m", "clip", (x[0], x[1], x[2]), (x[0], x[1]))
+    from PIL import Image
+
+    pan, change = Image.open(tmp_path / "m_clip_pan.png"), Image.open(tmp_path / "m_clip_change.png")
+    assert pan.size[0] == 3 * 120 + 2 * 4 and pan.size[1] > 2 * 40
+    assert change.size == (3 * 120 + 2 * 4, 40 + 16)
