@@ -122,6 +122,9 @@ def test_readme_model_table_says_what_the_manifest_says():
         assert f"{float(v3['psnr_db']):.2f} / " in cells[2], (m["name"], cells[2])
         fresh = q["also_on_fresh_set"].split("-> ")[1].split(" (")[0]  # "24.93 / 0.7713"
         assert fresh in cells[3], (m["name"], cells[3])
+        real = q["real_footage"]  # benchmarks/artefacts.py: bbb / bikes
+        for key in ("pan_blur_gain_db", "nyquist_ratio", "shimmer_ratio"):
+            assert str(real[key]) in cells[4], (m["name"], key, cells[4])
 
 
 COMMANDS = [c for text in PAGES.values() for c in shell_commands(text)]

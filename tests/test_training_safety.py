@@ -9,6 +9,7 @@ import time
 import pytest
 from conftest import REPO, worker_env
 
+from erdn_vs.manifest import load_manifest
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from training.train import claim_run_dir
 
@@ -88,7 +89,6 @@ def test_a_moved_run_dir_takes_every_output_of_the_run(tmp_path, capsys):
 def test_model_names_are_taken_where_weights_paths_are(tmp_path):
     import torch
 
-    from erdn_vs.manifest import load_manifest
     from training.train import init_from
     from worker.model import build_model, load_model
 
@@ -117,5 +117,5 @@ def test_the_finetune_recipe_runs_from_the_default_model(tmp_path):
              "val_every=2", "checkpoint_every=2", "data.val_windows=1", "data.crop=64", "batch=1", "threads=1",
              cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "started from the weights of erdn-lite-synth-v3-long" in r.stderr
+    assert f"started from the weights of {load_manifest().models[0].name}" in r.stderr
     assert (tmp_path / "ft" / "best.safetensors").is_file()
