@@ -412,8 +412,18 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     use_amp = cfg.amp and device.type == "cuda"
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = claim_run_dir(run_dir) if main_process else None  # noqa: F841  (held until training returns)
+    lock = claim_run_dir(run_dir) if main_process else None
+    try:
+        return _train_claimed(cfg, resume, rank, local_rank, world, device, use_amp, run_dir)
+    finally:  # released however the run ends: an error's traceback would otherwise keep the lock alive
+        if lock is not None:
+            lock.close()
 
+
+def _train_claimed(cfg: TrainConfig, resume: bool, rank: int, local_rank: int, world: int, device: torch.device,
+                   use_amp: bool, run_dir: Path) -> Path:
+    """``train`` once this process holds the run directory."""
+    main_process = rank == 0
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.preset, cfg.model.frames).to(device)
     model.train()
