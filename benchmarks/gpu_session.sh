@@ -20,11 +20,11 @@ dry=0
 # from (TRAIN_INIT_FROM: empty for the config's model.init_from when that file came along, else the shipped
 # weights; "none" for none); the `erdn synth` options of its data (the command in the config's header, without
 # the output folder); and the GPU recipe, `erdn train --set` overrides of the config.
-TRAIN_CONFIG=${TRAIN_CONFIG:-training/configs/lite_synth_v3_cascade.yaml}
-TRAIN_CHECKPOINT=${TRAIN_CHECKPOINT:-training/checkpoints/lite_synth_v3_cascade/last.ckpt}
-TRAIN_INIT_FROM=${TRAIN_INIT_FROM:-}
+TRAIN_CONFIG=${TRAIN_CONFIG:-training/configs/trials_quarter/quarter.yaml}
+TRAIN_CHECKPOINT=${TRAIN_CHECKPOINT:-training/checkpoints/trials_quarter/quarter/last.ckpt}
+TRAIN_INIT_FROM=${TRAIN_INIT_FROM:-none}
 SYNTH_ARGS=${SYNTH_ARGS:---recipe v3 --clips 64 --val-clips 8 --test-clips 8 --frames 16 --size 256x256 --seed 2027}
-TRAIN_SET=${TRAIN_SET:-batch=16 data.crop=192 data.crop_steps=[] data.workers=8 threads=4 amp=true val_every=500 log_every=20}
+TRAIN_SET=${TRAIN_SET:-batch=16 data.workers=8 threads=4 amp=true val_every=500 log_every=20}
 CHECKPOINT_MINUTES=${CHECKPOINT_MINUTES:-0.5}  # a checkpoint to OUT at least every minute
 MIN_TRAIN_S=${MIN_TRAIN_S:-150}                # the steps before the training leave it this long
 TRAIN_MAX_S=${TRAIN_MAX_S:-0}                  # 0: the training takes all the time left
