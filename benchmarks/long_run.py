@@ -3,7 +3,7 @@
 One hour at 24 fps is 86,400 frames. A 1080p hour cannot render on a CPU, so the frame count runs at
 32x32 with random ``tiny`` weights: what grows with a clip's length (sockets, sessions, per-frame
 state, caches) grows the same at any frame size. The input is a lossless file made by ffmpeg
-(testsrc2); with ``--period P`` its content repeats every P frames, so the worker's content-keyed
+(testsrc2 with temporal noise); with ``--period P`` its content repeats every P frames, so the worker's content-keyed
 cache answers every window after the first P and the run measures the pipeline (vspipe, the
 client, the wire, the worker's bookkeeping, ffmpeg) over the full length in minutes; with
 ``--period 0`` every frame differs and the model runs on every window.
@@ -49,11 +49,12 @@ def ffmpeg_exe() -> str:
 
 
 def make_input(path: Path, frames: int, size: int, period: int) -> None:
-    """``frames`` frames of testsrc2 at ``size``x``size``, FFV1 (lossless: each period decodes identically)."""
+    """``frames`` frames of testsrc2 at ``size``x``size`` with temporal noise (testsrc2 alone repeats at small
+    sizes), FFV1: lossless, so each period decodes identically and without a period no two frames are equal."""
     loop = f",loop=loop=-1:size={period}" if period else ""
     subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-                    f"testsrc2=size={size}x{size}:rate=24{loop}", "-frames:v", str(frames), "-c:v", "ffv1",
-                    str(path)], check=True)
+                    f"testsrc2=size={size}x{size}:rate=24,noise=alls=12:allf=t{loop}", "-frames:v", str(frames),
+                    "-c:v", "ffv1", str(path)], check=True)
 
 
 def tiny_weights(path: Path) -> Path:
