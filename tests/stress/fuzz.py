@@ -133,8 +133,13 @@ def messages(fuzz_session: str, weights: str) -> st.SearchStrategy:
         wrong_types(),
         st.builds(lambda op: ("unknown_op", [_dumps(P.request(op, 1))]),
                   json_value.filter(lambda o: not isinstance(o, str) or o not in P.OPS)),
+        # ping, stats and shutdown are answered in any integer version (P.ANY_VERSION_OPS, so that a newer client
+        # can stop an older worker): a bad version must fail for every other op, and a non-integer one for all.
+        st.builds(lambda v, op: ("bad_version", [_dumps({"v": v, "op": op, "id": 1})]),
+                  json_value.filter(lambda v: v != P.PROTOCOL_VERSION),
+                  st.sampled_from(sorted(set(P.OPS) - set(P.ANY_VERSION_OPS)))),
         st.builds(lambda v: ("bad_version", [_dumps({"v": v, "op": "ping", "id": 1})]),
-                  json_value.filter(lambda v: v != P.PROTOCOL_VERSION)),
+                  json_value.filter(lambda v: type(v) is not int)),
         st.builds(lambda v: ("bad_id", [_dumps({"v": P.PROTOCOL_VERSION, "op": "ping", "id": v})]),
                   json_value.filter(lambda v: type(v) is not int or not 0 <= v < 2**63)),
         st.builds(lambda sid, w: ("no_session", [_dumps(_process_header(sid, w, []))]),
