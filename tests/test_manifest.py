@@ -52,6 +52,9 @@ def test_worker_section_matches_the_worker_cli(manifest):
     defaults = serve_parser().parse_args([])
     assert manifest.worker["idle_timeout_s"] == defaults.idle_timeout
     assert manifest.worker["session_timeout_s"] == defaults.session_timeout
+    assert manifest.worker["session_lease_s"] == defaults.session_lease
+    assert manifest.worker["models_mb"] == defaults.models_mb
+    assert manifest.worker["idle_release_s"] == defaults.idle_release
     assert manifest.worker["command"].startswith("erdn worker")
 
 

@@ -29,6 +29,10 @@ def serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
     p.add_argument("--idle-timeout", type=float, default=300.0,
                    help="exit after this many seconds with no open session (0: never; default 300)")
+    p.add_argument("--idle-release", type=float, default=60.0,
+                   help="after this many seconds with no open session, drop the caches and every loaded model but "
+                        "the most recently used, and give the freed memory back to the system (once per idle "
+                        "spell; 0: never; default 60)")
     p.add_argument("--session-timeout", type=float, default=600.0,
                    help="drop a session after this many seconds without requests (default 600)")
     p.add_argument("--session-lease", type=float, default=10.0,
@@ -89,6 +93,10 @@ def serve_main(argv: list[str]) -> int:
         print(f"erdn worker: --session-lease must be 0 (no leases) or a number of seconds, got {args.session_lease:g}",
               file=sys.stderr)
         return 2
+    if not args.idle_release >= 0:  # also refuses nan
+        print(f"erdn worker: --idle-release must be 0 (never) or a number of seconds, got {args.idle_release:g}",
+              file=sys.stderr)
+        return 2
     if args.threads < 0:
         print(f"erdn worker: --threads must be 0 (torch's default) or a number of threads, got {args.threads}",
               file=sys.stderr)
@@ -104,7 +112,8 @@ def serve_main(argv: list[str]) -> int:
         print(f"erdn worker: {e}", file=sys.stderr)
         return 2
     config = WorkerConfig(endpoint=endpoint, device=args.device, backend=args.backend,
-                          idle_timeout=args.idle_timeout, session_timeout=args.session_timeout,
+                          idle_timeout=args.idle_timeout, idle_release=args.idle_release,
+                          session_timeout=args.session_timeout,
                           cache_mb=args.cache_mb, models_mb=args.models_mb, session_lease=args.session_lease,
                           max_sessions=args.max_sessions, max_pixels=args.max_pixels,
                           max_batch=args.max_batch, manifest=args.manifest, batch_window_ms=args.batch_window_ms,

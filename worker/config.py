@@ -15,6 +15,9 @@ class WorkerConfig:
     device: str = "auto"
     backend: str = "torch"
     idle_timeout: float = 300.0  # exit after this long with no session and no request (0: never)
+    #: seconds with no open session after which the caches are dropped, models past the most recently used one
+    #: evicted and freed heap returned to the kernel, once per idle spell (0: never)
+    idle_release: float = 60.0
     session_timeout: float = 600.0  # a session without requests for this long is dropped
     cache_mb: float = 2048
     models_mb: float = 1024  # loaded models' parameters, all together; the least recently used idle one goes first

@@ -7,6 +7,9 @@
   the main thread, and a thread arena cannot hold blocks this big), the next evaluation reuses the same
   memory with no fault. The cost: the process's resident memory stays at its peak between requests, as
   onnxruntime's own arena does.
+- **...until the worker is idle.** With no session for ``--idle-release`` seconds the worker drops its
+  caches and calls ``return_freed_memory`` (glibc's ``malloc_trim(0)``), which gives the heap's free
+  pages back to the kernel once, when nothing will reuse them soon.
 - **Idle threads sleep.** OpenMP (torch's intra-op threads) spins while a thread waits for the others;
   on a CPU that other processes share, the spinning thread holds a core that the thread it waits for
   needs. ``OMP_WAIT_POLICY=PASSIVE`` makes waiting threads sleep. It is read when torch loads OpenMP, so
@@ -41,6 +44,17 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return all(mallopt(param, value) == 1 for param, value in
                ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_ARENA_MAX, 1)))
+
+
+def return_freed_memory() -> bool:
+    """Give the heap's free pages back to the kernel now (glibc ``malloc_trim(0)``, every arena).
+
+    Returns whether anything was released; False, doing nothing, where the C library is not glibc."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    malloc_trim = ctypes.CDLL(None).malloc_trim
+    malloc_trim.argtypes = [ctypes.c_size_t]
+    return malloc_trim(0) == 1
 
 
 def wait_passively() -> bool:

@@ -67,6 +67,18 @@ def peer_pid(address: str | None) -> int | None:
     return None
 
 
+def _rss_mib() -> float:
+    """This process's resident memory (VmRSS) in MiB; 0 where /proc does not tell it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 class Server:
     def __init__(self, config: WorkerConfig) -> None:
         from .session import Heartbeats, Stats
@@ -267,6 +279,8 @@ class Server:
         self.ready.set()
         window = self.config.batch_window_ms / 1000
         last_expiry = time.monotonic()
+        idle_since: float | None = None  # since when no session is open (None: one is, or a request just ran)
+        released = True  # nothing to release before the first request
         try:
             while not self.stop.is_set():
                 if manager is not None and time.monotonic() - last_expiry > 1:
@@ -275,6 +289,14 @@ class Server:
                     except Exception:  # never let the compute thread die: its queue would fill for good
                         log.exception("session expiry failed")
                     last_expiry = time.monotonic()
+                if manager is not None:
+                    if manager.sessions:
+                        idle_since, released = None, False
+                    elif idle_since is None:
+                        idle_since = time.monotonic()
+                    elif not released and self._release_due(idle_since):
+                        released = True
+                        self._release_idle(manager)
                 try:
                     job = self.jobs.get(timeout=1.0)
                 except queue.Empty:
@@ -302,8 +324,27 @@ class Server:
                     self._run(manager, batch, out)
                 finally:
                     self.busy = False
+                idle_since, released = None, False  # a request: the grace period starts again
         finally:
             out.close(linger=0)
+
+    def _release_due(self, idle_since: float) -> bool:
+        """Whether the worker has had no session for its ``idle_release`` seconds (never when that is 0)."""
+        grace = self.config.idle_release
+        return grace > 0 and time.monotonic() - idle_since >= grace
+
+    def _release_idle(self, manager) -> None:
+        """Give back what an idle worker holds (``SessionManager.release_idle``) and log it once, with VmRSS."""
+        before = _rss_mib()
+        try:
+            done = manager.release_idle()
+        except Exception:  # never let the compute thread die over housekeeping
+            log.exception("idle release failed")
+            return
+        log.info("no session for %g s: released %.1f MiB of cache (%d entries) and %d model(s), kept %d; "
+                 "heap returned to the system: %s; resident memory %.0f -> %.0f MiB", self.config.idle_release,
+                 done["cache_bytes"] / (1 << 20), done["cache_items"], done["models_evicted"], done["models_kept"],
+                 "yes" if done["trimmed"] else "no", before, _rss_mib())
 
     def _make_manager(self):
         import torch

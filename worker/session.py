@@ -153,6 +153,13 @@ class ByteLRU:
     def __len__(self) -> int:
         return len(self._items)
 
+    def clear(self) -> int:
+        """Drop every entry; returns the bytes they held."""
+        freed = self.bytes
+        self._items.clear()
+        self.bytes = 0
+        return freed
+
 
 @dataclass
 class Stats:
@@ -187,6 +194,7 @@ class Stats:
     models_bytes: int = 0  # their parameters' bytes
     models_evicted: int = 0  # models dropped to keep models_bytes within --models-mb
     sessions_expired: int = 0  # sessions dropped because their client ended (or went quiet)
+    idle_releases: int = 0  # times the idle worker dropped its caches and gave freed memory back (--idle-release)
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
@@ -425,6 +433,27 @@ class SessionManager:
                          key[0], key[3])
             self.stats.add(models_evicted=len(evicted))
 
+    def release_idle(self) -> dict[str, Any]:
+        """With no session open: drop the caches and every loaded model but the most recently used, collect
+        garbage and give the freed heap back to the kernel. Returns what was released (bytes, counts) for the
+        log. The next session recomputes what it needs; its model is reloaded only if it was not the last used."""
+        from .cpu_runtime import return_freed_memory
+
+        cache_bytes, cache_items = self.cache.bytes, len(self.cache)
+        self.cache.clear()
+        evicted = list(self._backends)[:-1]  # least recently used first: keep the last
+        for key in evicted:
+            self._backends.pop(key)
+            self._backend_bytes.pop(key)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        trimmed = return_freed_memory()
+        self.stats.add(idle_releases=1, models_evicted=len(evicted))
+        self.publish_sessions()
+        return {"cache_bytes": cache_bytes, "cache_items": cache_items, "models_evicted": len(evicted),
+                "models_kept": len(self._backends), "trimmed": trimmed}
+
     def publish_sessions(self) -> None:
         with self.stats.lock:
             self.stats.sessions = {s.id: s.describe() for s in self.sessions.values()}
@@ -552,6 +581,7 @@ class SessionManager:
             if job is not None:
                 jobs.append(job)
         if not jobs:
+            self.publish_sessions()  # frames may have been cached all the same
             return
         self.stats.add(batches=1, batched_requests=len(jobs))
         done = [job for job in jobs if job.output is not None]
