@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ def test_a_second_trainer_on_one_run_dir_is_refused_naming_the_first(tmp_path):
         holder.kill()
         holder.wait()
     time.sleep(0.1)
-    claim_run_dir(tmp_path).close()  # the lock went with the killed process
+    os.close(claim_run_dir(tmp_path))  # the lock went with the killed process
 
 
 def test_a_damaged_checkpoint_names_the_earlier_one_or_says_there_is_none(tmp_path):

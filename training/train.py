@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from erdn_vs.pidlock import LockHeld, hold_pid_lock
 from training.checkpoint import (
     CheckpointError,
     compact_checkpoint,
@@ -377,29 +378,18 @@ def check_crop(videos: list, crop: int) -> None:
                                f"crop (--set data.crop={fits} fits every video) or give bigger frames")
 
 
-def claim_run_dir(run_dir: Path) -> Any:
+def claim_run_dir(run_dir: Path) -> int:
     """One trainer per run directory: an exclusive lock on ``run_dir/train.lock`` (it holds the owner's pid),
-    held while the returned file is open (the OS drops it when the process ends, even killed).
+    held while the returned file descriptor is open (the OS drops it when the process ends, even killed).
 
     Raises CheckpointError naming the other trainer: a second one would resume from the first's live
     checkpoint and both would write the same files.
     """
-    import fcntl
-
-    f = open(run_dir / "train.lock", "a+")  # noqa: SIM115  (open as long as the run)
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        other = f.read().strip() or "?"
-        f.close()
-        raise CheckpointError(f"another erdn train (pid {other}) is training in {run_dir}; wait for it to end, stop "
-                              "it, or give this run its own directory (--set run_dir=DIR)") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-    return f
+        return hold_pid_lock(run_dir / "train.lock")
+    except LockHeld as held:
+        raise CheckpointError(f"another erdn train (pid {held.pid}) is training in {run_dir}; wait for it to end, "
+                              "stop it, or give this run its own directory (--set run_dir=DIR)") from None
 
 
 def train(cfg: TrainConfig, resume: bool = True) -> Path:
@@ -417,7 +407,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
         return _train_claimed(cfg, resume, rank, local_rank, world, device, use_amp, run_dir)
     finally:  # released however the run ends: an error's traceback would otherwise keep the lock alive
         if lock is not None:
-            lock.close()
+            os.close(lock)
 
 
 def _train_claimed(cfg: TrainConfig, resume: bool, rank: int, local_rank: int, world: int, device: torch.device,

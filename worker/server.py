@@ -14,7 +14,6 @@ session as soon as that process exits.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
@@ -27,6 +26,7 @@ from typing import Any
 import zmq
 
 from erdn_vs import protocol as P
+from erdn_vs.pidlock import LockHeld, hold_pid_lock
 
 from .config import WorkerConfig
 
@@ -39,23 +39,14 @@ class EndpointInUse(RuntimeError):
     pass
 
 
-def _hold_endpoint_lock(endpoint: str) -> Any:
+def _hold_endpoint_lock(endpoint: str) -> int:
     """One worker per endpoint: a second one exits instead of stealing the ipc socket file."""
     key = hashlib.sha1(endpoint.encode()).hexdigest()[:12]
-    f = open(P.runtime_dir() / f"worker-{key}.pid", "a+")  # noqa: SIM115 (held for the process lifetime)
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        pid = f.read().strip() or "?"
-        f.close()
-        raise EndpointInUse(f"another erdn worker (pid {pid}) already serves {endpoint}; "
+    try:  # held for the process lifetime
+        return hold_pid_lock(P.runtime_dir() / f"worker-{key}.pid")
+    except LockHeld as held:
+        raise EndpointInUse(f"another erdn worker (pid {held.pid}) already serves {endpoint}; "
                             f"stop it with `erdn worker stop --endpoint {endpoint}`") from None
-    f.seek(0)
-    f.truncate()
-    f.write(str(os.getpid()))
-    f.flush()
-    return f
 
 
 def peer_pid(address: str | None) -> int | None:
@@ -94,13 +85,13 @@ class Server:
         self.ready = threading.Event()
         self.load_error: str | None = None
         self.busy = False  # the compute thread is inside a batch
-        self._lock_file: Any = None
+        self._lock_fd: int | None = None
 
     # ------------------------------------------------------------ main (I/O) thread
 
     def serve(self) -> int:
         config = self.config
-        self._lock_file = _hold_endpoint_lock(config.endpoint)
+        self._lock_fd = _hold_endpoint_lock(config.endpoint)
         router = self.ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         # A part bigger than the largest frame a session may have drops the peer, not the worker.
@@ -160,7 +151,8 @@ class Server:
                 self.ctx.term()
             if path is not None and path.exists():
                 path.unlink(missing_ok=True)
-            self._lock_file.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
             log.info("erdn worker stopped")
         return 0
 

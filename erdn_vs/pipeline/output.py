@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import secrets
 from pathlib import Path
 
+from ..pidlock import LockHeld, hold_pid_lock
 from .tools import RenderError
 
 
@@ -43,13 +43,10 @@ class Claim:
 
     def __enter__(self) -> Claim:
         while True:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                other = os.read(fd, 32).decode(errors="replace").strip() or "?"
-                os.close(fd)
-                raise RenderError(f"another erdn deblur (pid {other}) is writing {self.output}: wait until it "
+                fd = hold_pid_lock(self.lock_path)
+            except LockHeld as held:
+                raise RenderError(f"another erdn deblur (pid {held.pid}) is writing {self.output}: wait until it "
                                   "ends, or pass another -o") from None
             try:  # the previous owner may have removed the file between our open and our lock: lock the new one
                 same = os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino
@@ -58,8 +55,6 @@ class Claim:
             if same:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
         return self
 
