@@ -260,7 +260,8 @@ def check_request_header(header: dict[str, Any]) -> tuple[str, int]:
     if type(request_id) is not int or not 0 <= request_id < 2**63:
         raise ProtocolError(BAD_REQUEST, f"'id' must be a non-negative integer, got {request_id!r}")
     version = header.get("v")
-    if version != PROTOCOL_VERSION and not (header.get("op") in ANY_VERSION_OPS and type(version) is int):
+    # type() and not isinstance: JSON's true would otherwise pass as version 1
+    if type(version) is not int or (version != PROTOCOL_VERSION and header.get("op") not in ANY_VERSION_OPS):
         raise ProtocolError(
             VERSION_MISMATCH,
             f"client speaks protocol version {version!r}, this worker speaks {PROTOCOL_VERSION}; "

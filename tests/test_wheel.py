@@ -128,7 +128,7 @@ def planes(raw: bytes) -> np.ndarray:
 
 
 def reference(video: Path, weights: Path) -> np.ndarray:
-    """The shipped default model applied directly (torch, this process) to each 3-frame window, edges repeated."""
+    """The shipped default model applied directly (torch, this process) to each of its windows, edges repeated."""
     import torch
     import vapoursynth as vs
 
@@ -138,11 +138,12 @@ def reference(video: Path, weights: Path) -> np.ndarray:
     assert clip.format.id == vs.RGB24 and clip.num_frames == LENGTH
     frames = [np.stack([np.asarray(clip.get_frame(n)[p]) for p in range(3)]) / 255.0 for n in range(LENGTH)]
     model = load_model(weights).eval()
+    r = model.frames // 2
     torch.set_num_threads(1)
     out = []
     with torch.no_grad():
         for n in range(LENGTH):
-            window = np.stack([frames[min(max(n + d, 0), LENGTH - 1)] for d in (-1, 0, 1)]).astype(np.float32)
+            window = np.stack([frames[min(max(n + d, 0), LENGTH - 1)] for d in range(-r, r + 1)]).astype(np.float32)
             y = model(torch.from_numpy(window)[None])[0].numpy()
             out.append(np.round(np.clip(y, 0, 1) * 255.0))
     return np.stack(out)
