@@ -81,20 +81,19 @@ class Stage(nn.Module):
 
 def _unshuffle(x: Tensor, s: int) -> Tensor:
     """pixel_unshuffle over the last three dims of (..., C, H, W); the identity for s = 1."""
-    if s == 1:
-        return x
-    lead = x.shape[:-3]
-    y = F.pixel_unshuffle(x.reshape(-1, *x.shape[-3:]), s)
-    return y.reshape(*lead, *y.shape[-3:])
+    return _per_image(F.pixel_unshuffle, x, s)
 
 
 def _shuffle(x: Tensor, s: int) -> Tensor:
     """pixel_shuffle over the last three dims of (..., C * s^2, H, W); the identity for s = 1."""
+    return _per_image(F.pixel_shuffle, x, s)
+
+
+def _per_image(op, x: Tensor, s: int) -> Tensor:  # noqa: ANN001 - F.pixel_shuffle or F.pixel_unshuffle
     if s == 1:
         return x
-    lead = x.shape[:-3]
-    y = F.pixel_shuffle(x.reshape(-1, *x.shape[-3:]), s)
-    return y.reshape(*lead, *y.shape[-3:])
+    y = op(x.reshape(-1, *x.shape[-3:]), s)
+    return y.reshape(*x.shape[:-3], *y.shape[-3:])
 
 
 def zero_last_conv(module: nn.Module) -> None:
