@@ -51,3 +51,11 @@ def test_every_run_is_drawn_and_the_zoom_panel_keeps_the_later_points(tmp_path: 
     png = tmp_path / "plot.png"
     assert core_hours.plot(runs, png, blurry=25.2, zoom_from=3.0) == [12, 6]  # 0.5 * i >= 3 for i = 6..11
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_until_keeps_the_points_up_to_that_compute(tmp_path: Path, capsys) -> None:
+    log = _log(tmp_path / "log.csv", ["500,,,,,,,,25.26,0.71,25.39,,1700.0,360.0",
+                                      "1000,,,,,,,,25.27,0.72,25.33,,2900.0,7200.0"])
+    assert core_hours.main([f"{log}:run", "--until", "1.5"]) == 0
+    out = capsys.readouterr().out
+    assert "| run | 500 |" in out and "| run | 1000 |" not in out

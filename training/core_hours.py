@@ -102,14 +102,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blurry", type=float, default=None, help="the blurry input's validation PSNR, drawn as a line")
     p.add_argument("--zoom-from", type=float, default=None, metavar="HOURS",
                    help="add a panel of the points from HOURS core-hours on")
+    p.add_argument("--until", type=float, default=None, metavar="HOURS",
+                   help="only the points up to HOURS core-hours (runs of different lengths on one scale)")
     args = p.parse_args(argv)
     runs: dict[str, list[ValPoint]] = {}
     for item in args.logs:
         path, _, label = item.partition(":")
         try:
-            runs[label or Path(path).parent.name] = read_validation(Path(path))
+            points = read_validation(Path(path))
         except (OSError, ValueError) as e:
             p.error(str(e))
+        if args.until is not None:
+            points = [q for q in points if q.core_hours <= args.until]
+        runs[label or Path(path).parent.name] = points
     print(table(runs))
     if args.out:
         plot(runs, args.out, args.blurry, args.zoom_from)
