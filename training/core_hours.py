@@ -46,9 +46,10 @@ def read_validation(log_csv: Path) -> list[ValPoint]:
 
 
 def plot(runs: dict[str, list[ValPoint]], png: Path, blurry: float | None,
-         zoom_from: float | None = None) -> list[int]:
+         zoom_from: float | None = None, ymin: float | None = None) -> list[int]:
     """Every run's EMA (solid) and raw (dashed) validation PSNR against core-hours; with ``zoom_from``, a second
-    panel shows only the points from that many core-hours on (where later phases crowd together).
+    panel shows only the points from that many core-hours on (where later phases crowd together). ``ymin`` cuts
+    the axis there (a collapse far below stays in the table, not on the scale of everything else).
     Returns the number of runs drawn in each panel."""
     import matplotlib
 
@@ -77,6 +78,8 @@ def plot(runs: dict[str, list[ValPoint]], png: Path, blurry: float | None,
         ax.set(xlabel="compute (CPU core-hours)", ylabel="validation PSNR (dB)",
                title=f"from {zoom_from:g} core-hours" if i == 1 else "")
         ax.grid(alpha=0.3)
+        if ymin is not None:
+            ax.set_ylim(bottom=ymin)
         if drawn[i]:
             ax.legend(fontsize=7)
     fig.tight_layout()
@@ -102,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blurry", type=float, default=None, help="the blurry input's validation PSNR, drawn as a line")
     p.add_argument("--zoom-from", type=float, default=None, metavar="HOURS",
                    help="add a panel of the points from HOURS core-hours on")
+    p.add_argument("--ymin", type=float, default=None, metavar="DB", help="cut the PSNR axis below DB")
     p.add_argument("--until", type=float, default=None, metavar="HOURS",
                    help="only the points up to HOURS core-hours (runs of different lengths on one scale)")
     args = p.parse_args(argv)
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         runs[label or Path(path).parent.name] = points
     print(table(runs))
     if args.out:
-        plot(runs, args.out, args.blurry, args.zoom_from)
+        plot(runs, args.out, args.blurry, args.zoom_from, args.ymin)
         print(f"wrote {args.out}")
     return 0
 
