@@ -111,6 +111,16 @@ class Progress:
             client.close()
 
 
+def run_watched(cmd: list[str], log: Path, progress: Progress) -> tuple[int, Watch]:
+    """Run ``cmd`` under the lowered open-file limit, its stderr to ``log``, watching its process tree;
+    returns its exit status and the watch."""
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=worker_env(), preexec_fn=lower_nofile)
+        with Watch(Watch.tree(lambda: [proc.pid]), progress) as watch:
+            rc = proc.wait(timeout=900)  # a hang guard, not a bound
+    return rc, watch
+
+
 def assert_flat(watch: Watch, bounds: dict[str, int], warmup: int, min_frames: int) -> None:
     """Every process of a role in ``bounds`` (role -> MiB) was seen past its warm-up for ``min_frames``
     frames, and after it gained at most FD_SLACK fds and its role's MiB of resident memory.
@@ -153,11 +163,7 @@ def test_soak_vspipe_5000_frames_with_an_autostarted_worker(isolated_runtime_dir
            str(out)]
     progress = Progress(lambda: endpoint)
     try:
-        with open(log, "wb") as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=worker_env(),
-                                    preexec_fn=lower_nofile)
-            with Watch(Watch.tree(lambda: [proc.pid]), progress) as watch:
-                rc = proc.wait(timeout=900)  # a hang guard, not a bound
+        rc, watch = run_watched(cmd, log, progress)
         text = log.read_text(errors="replace")
         assert rc == 0, text[-3000:]
         assert out.stat().st_size == length * SIZE * SIZE * 3 // 2  # YUV420P8
@@ -179,11 +185,7 @@ def test_soak_erdn_deblur_3000_frame_file(isolated_runtime_dir, tiny_weights, tm
            "--endpoint", endpoint, "--lossless"]
     progress = Progress(lambda: endpoint)
     try:
-        with open(log, "wb") as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=worker_env(),
-                                    preexec_fn=lower_nofile)
-            with Watch(Watch.tree(lambda: [proc.pid]), progress) as watch:
-                rc = proc.wait(timeout=900)
+        rc, watch = run_watched(cmd, log, progress)
         assert rc == 0, log.read_text(errors="replace")[-3000:]
         assert count_frames(out) == length
         assert_flat(watch, {**RSS_SLACK_MIB, "vspipe": VS_LANES_MIB}, WARMUP, min_frames=1000)
