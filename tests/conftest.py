@@ -129,3 +129,17 @@ def worker_endpoint(isolated_runtime_dir):
     proc = spawn_worker(endpoint, "--idle-timeout", "120")
     yield endpoint
     stop_worker(proc)
+
+
+@pytest.fixture
+def mute_peer(isolated_runtime_dir):
+    """A ZeroMQ ROUTER bound at a fresh endpoint that never answers: (endpoint, that socket, to see what came)."""
+    import zmq
+
+    endpoint = new_endpoint(isolated_runtime_dir, "mute")
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.bind(endpoint)
+    yield endpoint, sock
+    sock.close(linger=0)
+    ctx.term()

@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-import zmq
 from conftest import new_endpoint
 
 from erdn_vs import protocol as P
@@ -25,21 +24,14 @@ def test_autostart_off_fails_fast_and_says_what_to_do(isolated_runtime_dir):
     assert endpoint in str(e.value) and f"erdn worker --endpoint {endpoint}" in str(e.value)
 
 
-def test_a_mute_peer_times_out(isolated_runtime_dir):
+def test_a_mute_peer_times_out(mute_peer):
     """Something bound at the endpoint that never answers: a bounded wait, then a clear error."""
-    endpoint = new_endpoint(isolated_runtime_dir, "mute")
-    ctx = zmq.Context()
-    mute = ctx.socket(zmq.ROUTER)
-    mute.bind(endpoint)
-    try:
-        t0 = time.monotonic()
-        with WorkerClient(endpoint, autostart=False, timeout=1) as client, pytest.raises(WorkerUnavailable):
-            client.ping()
-        assert time.monotonic() - t0 < 5
-        assert mute.poll(0)  # the ping did arrive
-    finally:
-        mute.close(linger=0)
-        ctx.term()
+    endpoint, mute = mute_peer
+    t0 = time.monotonic()
+    with WorkerClient(endpoint, autostart=False, timeout=1) as client, pytest.raises(WorkerUnavailable):
+        client.ping()
+    assert time.monotonic() - t0 < 5
+    assert mute.poll(0)  # the ping did arrive
 
 
 def pid_alive(pid: int) -> bool:

@@ -264,28 +264,21 @@ def test_client_sockets_stay_few_whatever_the_threads(start_worker, tiny_weights
         session.close()
 
 
-def test_a_timed_out_socket_is_closed_not_kept(isolated_runtime_dir):
+def test_a_timed_out_socket_is_closed_not_kept(mute_peer):
     """A peer that never answers: each timed-out request closes its socket, so the fds stay where they were."""
-    endpoint = new_endpoint(isolated_runtime_dir, "mute")
-    ctx = zmq.Context()
-    mute = ctx.socket(zmq.ROUTER)
-    mute.bind(endpoint)
-    try:
-        with WorkerClient(endpoint, autostart=False, timeout=0.2) as client:
-            client._ready = True  # the mute peer would fail the first ping: go straight to the request
-            before = None
-            for k in range(6):
-                client._ready = True
-                with pytest.raises(WorkerUnavailable, match="did not answer a 'stats' request"):
-                    client._request("stats")
-                time.sleep(0.1)  # ZeroMQ closes a socket's fds in its own thread
-                before = before or usage(os.getpid()).fds
-                assert usage(os.getpid()).fds <= before + 1, f"after {k + 1} timeouts"
-            assert client._ping_reply() is None  # an unanswered ping closes its socket too
-            assert client.open_sockets() == 0
-    finally:
-        mute.close(linger=0)
-        ctx.term()
+    endpoint, _ = mute_peer
+    with WorkerClient(endpoint, autostart=False, timeout=0.2) as client:
+        client._ready = True  # the mute peer would fail the first ping: go straight to the request
+        before = None
+        for k in range(6):
+            client._ready = True
+            with pytest.raises(WorkerUnavailable, match="did not answer a 'stats' request"):
+                client._request("stats")
+            time.sleep(0.1)  # ZeroMQ closes a socket's fds in its own thread
+            before = before or usage(os.getpid()).fds
+            assert usage(os.getpid()).fds <= before + 1, f"after {k + 1} timeouts"
+        assert client._ping_reply() is None  # an unanswered ping closes its socket too
+        assert client.open_sockets() == 0
 
 
 # ---------------------------------------------------------------- bounded model memory
